@@ -1,0 +1,164 @@
+"""The `chatmesh` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from chatmesh.paths import DEFAULT_RUN_DIR, region_url
+from core.logs import configure_logging
+from core.tokens import DEFAULT_TTL_S, load_secret, mint_token
+from topology.launcher import Mesh, RunLayout
+from topology.model import Topology, TopologyError, default_topology_path, load_topology
+from topology.processes import ProcessFailed
+
+run_dir_option = click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_RUN_DIR,
+    show_default=True,
+    help="Directory for configs, data, logs and secrets of the local mesh.",
+)
+topology_option = click.option(
+    "--topology",
+    "topology_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Topology file (YAML or JSON). Default: the shipped two-region topology.",
+)
+
+
+def _load(topology_file: Path | None) -> Topology:
+    try:
+        return load_topology(topology_file or default_topology_path())
+    except TopologyError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    help="DEBUG, INFO, WARNING or ERROR.",
+)
+def main(log_level: str) -> None:
+    """Run and use a chatmesh mesh."""
+    configure_logging(log_level)
+
+
+@main.command()
+@topology_option
+@run_dir_option
+@click.option(
+    "--store",
+    type=click.Choice(["sqlite", "scylla"]),
+    default=None,
+    help="Override the topology's store backend.",
+)
+def up(topology_file: Path | None, run_dir: Path, store: str | None) -> None:
+    """Start a whole mesh on this machine and run it until Ctrl-C or SIGTERM."""
+    topology = _load(topology_file)
+    if store is not None:
+        topology = topology.model_copy(
+            update={"store": topology.store.model_copy(update={"backend": store})}
+        )
+    try:
+        asyncio.run(_run_mesh(topology, run_dir))
+    except ProcessFailed as exc:
+        raise click.ClickException(f"the mesh did not start: {exc}") from exc
+
+
+async def _run_mesh(topology: Topology, run_dir: Path) -> None:
+    mesh = Mesh(topology, run_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await mesh.start()
+        _print_endpoints(mesh, run_dir)
+        await stop.wait()
+    finally:
+        mesh.stop()
+
+
+def _print_endpoints(mesh: Mesh, run_dir: Path) -> None:
+    endpoints = mesh.endpoints()
+    click.echo(f"chatmesh {mesh.topology.name} is up (run dir: {run_dir})")
+    click.echo(f"  hub: {', '.join(endpoints['hub'])}")
+    for region, info in endpoints["regions"].items():
+        for edge, url in info["edges"].items():
+            click.echo(f"  {region}: edge {edge} at {url} (leaf {info['leaf']})")
+    click.echo(
+        "Chat with: chatmesh chat --user alice --region "
+        + mesh.topology.regions[0].name
+    )
+    click.echo("Stop with Ctrl-C.")
+
+
+@main.command()
+@click.argument("user")
+@run_dir_option
+@click.option(
+    "--ttl",
+    "ttl_s",
+    type=int,
+    default=DEFAULT_TTL_S,
+    show_default=True,
+    help="Validity in seconds.",
+)
+def token(user: str, run_dir: Path, ttl_s: int) -> None:
+    """Print a development token for USER, signed with the mesh's secret."""
+    click.echo(mint_token(_secret(run_dir), user, ttl_s))
+
+
+def _secret(run_dir: Path) -> bytes:
+    try:
+        return load_secret(RunLayout(run_dir).token_secret)
+    except ValueError as exc:
+        raise click.ClickException(
+            f"{exc}; start the mesh with `chatmesh up` first"
+        ) from exc
+
+
+@main.command()
+@click.option("--user", required=True, help="Who you are.")
+@click.option("--region", required=True, help="Region to connect to, e.g. eu-west.")
+@run_dir_option
+def chat(user: str, region: str, run_dir: Path) -> None:
+    """Chat from the terminal: type `bob: hello` to send "hello" to bob."""
+    from chatmesh.chat import run_chat
+
+    try:
+        url = region_url(run_dir, region)
+    except (FileNotFoundError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    token_text = mint_token(_secret(run_dir), user)
+    sys.exit(asyncio.run(run_chat(url, token_text, as_json=not sys.stdout.isatty())))
+
+
+@main.command(hidden=True)
+@topology_option
+@run_dir_option
+@click.option("--edge", "edge_name", required=True)
+def edge(topology_file: Path | None, run_dir: Path, edge_name: str) -> None:
+    """Run one edge process (started by `chatmesh up`)."""
+    from edge.server import run_edge
+
+    run_edge(_load(topology_file), edge_name, RunLayout(run_dir).token_secret)
+
+
+@main.command(hidden=True)
+@topology_option
+@run_dir_option
+@click.option("--worker", type=int, default=0)
+def core(topology_file: Path | None, run_dir: Path, worker: int) -> None:
+    """Run one core worker process (started by `chatmesh up`)."""
+    from core.main import run_core
+
+    run_core(_load(topology_file), worker, RunLayout(run_dir).data)

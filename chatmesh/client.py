@@ -1,0 +1,274 @@
+"""A Python client for chatmesh edges over WebSocket.
+
+The client keeps a cursor per conversation and shows each message once, in
+order: an event at or below the cursor is a duplicate and is dropped; an
+event past a gap is held back while the client syncs the gap, then shown
+in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from core.schema import (
+    SERVER_EVENT,
+    AcceptedEvent,
+    CommittedEvent,
+    ErrorEvent,
+    HelloEvent,
+    MessageEvent,
+    MessageView,
+    SyncedEvent,
+)
+
+log = structlog.get_logger(__name__)
+
+Event = Any
+DEFAULT_TIMEOUT_S = 10.0
+MAX_REDIRECTS = 3
+WRONG_EDGE_CLOSE = 4009
+
+
+class ChatError(Exception):
+    """The edge rejected a request; `code` is the machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ChatClient:
+    """One user's connection to an edge, with cursors, dedup and gap repair.
+
+    `events` receives every event except messages, which it receives only as
+    they are shown: once each, in order per conversation.
+    """
+
+    def __init__(
+        self, url: str, token: str, cursors: dict[str, int] | None = None
+    ) -> None:
+        self.url = url
+        self._token = token
+        self.cursors: dict[str, int] = dict(cursors or {})
+        self.hello: HelloEvent | None = None
+        self.events: asyncio.Queue[Event] = asyncio.Queue()
+        self.shown: list[MessageView] = []
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Future[Event]] = {}
+        self._held: dict[str, dict[int, MessageView]] = {}
+        self._sync_done: asyncio.Future[SyncedEvent] | None = None
+        self._sync_lock = asyncio.Lock()
+        self.closed = asyncio.Event()
+
+    async def connect(self) -> HelloEvent:
+        """Connect and authenticate, following an edge's affinity redirect."""
+        for _ in range(MAX_REDIRECTS):
+            ws = await websockets.connect(self.url, max_size=2**20)
+            await ws.send(_json({"type": "auth", "token": self._token}))
+            event = SERVER_EVENT.validate_json(await ws.recv())
+            if isinstance(event, HelloEvent):
+                self._ws, self.hello = ws, event
+                self._reader = asyncio.create_task(self._read_loop())
+                return event
+            redirect = await _redirect_target(ws)
+            if (
+                isinstance(event, ErrorEvent)
+                and event.code == "wrong_edge"
+                and redirect
+            ):
+                self.url = redirect
+                continue
+            code = event.code if isinstance(event, ErrorEvent) else "unexpected_event"
+            raise ChatError(code, getattr(event, "message", str(event)))
+        raise ChatError("redirect_loop", f"more than {MAX_REDIRECTS} edge redirects")
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def send(
+        self,
+        to: str,
+        content: str,
+        client_msg_id: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> AcceptedEvent:
+        """Send a message; return once the region has accepted it."""
+        cmid = client_msg_id or uuid.uuid4().hex
+        reply = await self._request(
+            cmid, {"type": "send", "id": cmid, "to": to, "content": content}, timeout_s
+        )
+        assert isinstance(reply, AcceptedEvent)
+        return reply
+
+    async def send_raw(self, text: str) -> None:
+        """Send a frame as is (for tests of malformed input)."""
+        assert self._ws is not None
+        await self._ws.send(text)
+
+    async def sync(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> SyncedEvent:
+        """Fetch everything after the cursors; return when caught up."""
+        async with self._sync_lock:
+            self._sync_done = asyncio.get_running_loop().create_future()
+            assert self._ws is not None
+            await self._ws.send(_json({"type": "sync", "cursors": self.cursors}))
+            try:
+                return await asyncio.wait_for(self._sync_done, timeout_s)
+            finally:
+                self._sync_done = None
+
+    async def next_event(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> Event:
+        return await asyncio.wait_for(self.events.get(), timeout_s)
+
+    async def wait_for(
+        self, predicate: Callable[[Event], bool], timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> Event:
+        """Return the first queued event matching `predicate`, dropping others."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                event = await self.events.get()
+                if predicate(event):
+                    return event
+
+    async def wait_for_messages(
+        self, count: int, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> list[MessageView]:
+        """Wait until `count` messages have been shown in total."""
+        async with asyncio.timeout(timeout_s):
+            while len(self.shown) < count:
+                await self.events.get()
+        return list(self.shown)
+
+    # ---- internals -----------------------------------------------------------
+
+    async def _request(
+        self, ref: str, frame: dict[str, Any], timeout_s: float
+    ) -> Event:
+        assert self._ws is not None
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = future
+        try:
+            await self._ws.send(_json(frame))
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._pending.pop(ref, None)
+
+    async def _read_loop(self) -> None:
+        assert self._ws is not None
+        try:
+            async for raw in self._ws:
+                await self._on_event(SERVER_EVENT.validate_json(raw))
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ChatError("closed", "connection closed"))
+
+    async def _on_event(self, event: Event) -> None:
+        if isinstance(event, AcceptedEvent):
+            self._resolve(event.id, event)
+        elif isinstance(event, ErrorEvent):
+            self._on_error(event)
+        elif isinstance(event, MessageEvent):
+            await self._on_message(event.message)
+        elif isinstance(event, CommittedEvent):
+            await self._on_committed(event)
+        elif isinstance(event, SyncedEvent):
+            self._on_synced(event)
+        if not isinstance(event, MessageEvent):
+            self.events.put_nowait(event)
+
+    def _resolve(self, ref: str, event: Event) -> None:
+        future = self._pending.get(ref)
+        if future is not None and not future.done():
+            future.set_result(event)
+
+    def _on_error(self, event: ErrorEvent) -> None:
+        error = ChatError(event.code, event.message)
+        if (
+            event.ref == "sync"
+            and self._sync_done is not None
+            and not self._sync_done.done()
+        ):
+            self._sync_done.set_exception(error)
+        future = self._pending.get(event.ref or "")
+        if future is not None and not future.done():
+            future.set_exception(error)
+
+    async def _on_message(self, message: MessageView) -> None:
+        cursor = self.cursors.get(message.conversation, 0)
+        if message.seq <= cursor:
+            return
+        if message.seq > cursor + 1:
+            self._held.setdefault(message.conversation, {})[message.seq] = message
+            if self._sync_done is None:
+                asyncio.get_running_loop().create_task(self._repair_gap())
+            return
+        self._show(message)
+        self._release_held(message.conversation)
+
+    async def _on_committed(self, event: CommittedEvent) -> None:
+        # A commit is the sender's own message: it advances the cursor like one.
+        cursor = self.cursors.get(event.conversation, 0)
+        if event.seq == cursor + 1:
+            self.cursors[event.conversation] = event.seq
+            self._release_held(event.conversation)
+        elif event.seq > cursor + 1 and self._sync_done is None:
+            asyncio.get_running_loop().create_task(self._repair_gap())
+
+    def _on_synced(self, event: SyncedEvent) -> None:
+        for conversation in event.cursors:
+            self._release_held(conversation)
+        if self._sync_done is not None and not self._sync_done.done():
+            self._sync_done.set_result(event)
+
+    def _show(self, message: MessageView) -> None:
+        self.cursors[message.conversation] = message.seq
+        self.shown.append(message)
+        self.events.put_nowait(MessageEvent(message=message))
+
+    def _release_held(self, conversation: str) -> None:
+        held = self._held.get(conversation, {})
+        while (
+            nxt := held.pop(self.cursors.get(conversation, 0) + 1, None)
+        ) is not None:
+            self._show(nxt)
+        for seq in [s for s in held if s <= self.cursors.get(conversation, 0)]:
+            del held[seq]
+
+    async def _repair_gap(self) -> None:
+        try:
+            await self.sync()
+        except Exception as exc:
+            log.warning("client.gap_repair_failed", error=repr(exc))
+
+
+async def _redirect_target(ws: ClientConnection) -> str | None:
+    with contextlib.suppress(websockets.ConnectionClosed):
+        await ws.recv()
+    await ws.wait_closed()
+    if ws.close_code == WRONG_EDGE_CLOSE and ws.close_reason:
+        return ws.close_reason
+    return None
+
+
+def _json(frame: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(frame)

@@ -1,0 +1,27 @@
+"""Run one core worker process until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from core.worker import CoreWorker
+from topology.model import Topology
+
+
+def run_core(topology: Topology, worker_id: int, base_dir: Path) -> None:
+    asyncio.run(_serve(topology, worker_id, base_dir))
+
+
+async def _serve(topology: Topology, worker_id: int, base_dir: Path) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker = CoreWorker(topology, worker_id, base_dir)
+    await worker.start()
+    try:
+        await stop.wait()
+    finally:
+        await worker.stop()

@@ -1,0 +1,1 @@
+"""Message stores: the interface and its backends."""

@@ -1,0 +1,61 @@
+"""Fan deliveries out from the region's delivery stream to local connections.
+
+One copy of each delivery crosses from the hub to the region; every edge of
+the region reads it from the leaf and pushes it to the connections it holds.
+"""
+
+from __future__ import annotations
+
+import structlog
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from core.schema import CommittedEvent, Delivery, MessageEvent, MessageView
+from edge.sessions import LocalSessions
+
+log = structlog.get_logger(__name__)
+
+
+class DeliveryFanout:
+    """Turn each `Delivery` into events on the recipients' local connections."""
+
+    def __init__(self, sessions: LocalSessions, edge: str) -> None:
+        self._sessions = sessions
+        self._edge = edge
+
+    async def on_message(self, msg: Msg) -> None:
+        try:
+            delivery = Delivery.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.error("deliveries.invalid", subject=msg.subject, error=str(exc))
+            return
+        self.fan_out(delivery)
+
+    def fan_out(self, delivery: Delivery) -> int:
+        """Push `delivery` to every local connection of its recipients."""
+        message = delivery.message
+        event = MessageEvent(message=MessageView.of(message)).model_dump_json()
+        origin = delivery.origin
+        pushed = 0
+        for user in delivery.recipients:
+            for conn in self._sessions.connections_of(user):
+                if origin.edge == self._edge and conn.id == origin.connection:
+                    conn.push(_committed(delivery))
+                else:
+                    conn.push(event)
+                pushed += 1
+        log.debug(
+            "deliveries.fanned_out", message_id=message.message_id, connections=pushed
+        )
+        return pushed
+
+
+def _committed(delivery: Delivery) -> str:
+    message = delivery.message
+    return CommittedEvent(
+        id=message.client_msg_id,
+        message_id=str(message.message_id),
+        conversation=message.conversation,
+        seq=message.seq,
+        timestamp_ms=message.timestamp_ms,
+    ).model_dump_json()

@@ -1,0 +1,195 @@
+"""The WebSocket transport: authenticate, then serve frames until close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from core.errors import ClientError, InvalidToken, MalformedFrame, Unavailable
+from core.schema import (
+    AuthFrame,
+    ErrorEvent,
+    HelloEvent,
+    MessageEvent,
+    MessageView,
+    PingFrame,
+    PongEvent,
+    SendFrame,
+    SessionOpen,
+    SyncedEvent,
+    SyncFrame,
+    SyncRequest,
+)
+from core.tokens import verify_token
+from edge.frames import decode_frame
+from edge.runtime import EdgeRuntime
+from edge.sessions import Connection
+
+log = structlog.get_logger(__name__)
+
+AUTH_TIMEOUT_S = 10.0
+# Close codes in the 4000-4999 range are the application's own.
+CLOSE_INVALID_TOKEN = 4001
+CLOSE_WRONG_EDGE = 4009
+CLOSE_OVERFLOW = 4008
+CLOSE_NOT_READY = 1013
+
+
+async def serve_websocket(runtime: EdgeRuntime, ws: WebSocket) -> None:
+    """Run one client connection from accept to close."""
+    await ws.accept()
+    if not runtime.ready:
+        await ws.close(CLOSE_NOT_READY, "edge is starting; retry shortly")
+        return
+    user = await _authenticate(runtime, ws)
+    if user is None:
+        return
+    owner = runtime.identity.owner_of(user)
+    if owner != runtime.identity.edge.name:
+        url = runtime.identity.edge_url(owner)
+        await _send_error(
+            ws, "wrong_edge", f"user {user} is served by {owner} at {url}"
+        )
+        await ws.close(CLOSE_WRONG_EDGE, url)
+        return
+    await _serve(runtime, ws, user)
+
+
+async def _authenticate(runtime: EdgeRuntime, ws: WebSocket) -> str | None:
+    try:
+        text = await asyncio.wait_for(ws.receive_text(), AUTH_TIMEOUT_S)
+        frame = decode_frame(text)
+        if not isinstance(frame, AuthFrame):
+            raise InvalidToken('the first frame must be {"type": "auth", "token": ...}')
+        return verify_token(runtime.identity.token_secret, frame.token)
+    except (ClientError, TimeoutError, KeyError) as exc:
+        code, message = _auth_failure(exc)
+        log.info("ws.auth_rejected", code=code, reason=message)
+        with contextlib.suppress(Exception):
+            await _send_error(ws, code, message)
+            await ws.close(CLOSE_INVALID_TOKEN, code)
+        return None
+    except WebSocketDisconnect:
+        return None
+
+
+def _auth_failure(exc: Exception) -> tuple[str, str]:
+    if isinstance(exc, ClientError):
+        return exc.code, exc.message
+    if isinstance(exc, TimeoutError):
+        return "auth_timeout", f"no auth frame within {AUTH_TIMEOUT_S:.0f} s"
+    return "malformed_frame", "send JSON text frames"
+
+
+async def _serve(runtime: EdgeRuntime, ws: WebSocket, user: str) -> None:
+    ident = runtime.identity
+    conn = Connection(ident.edge.name, user)
+    bound = log.bind(user=user, connection=conn.id, edge=ident.edge.name)
+    runtime.sessions.add(conn)
+    writer = asyncio.create_task(conn.run_writer(ws.send_text))
+    try:
+        conn.push(
+            HelloEvent(
+                user=user,
+                region=ident.region.name,
+                edge=ident.edge.name,
+                connection=conn.id,
+            ).model_dump_json()
+        )
+        # Frames wait until the registry knows the session, so a sync sent
+        # right after hello cannot miss a message routed before it.
+        await _register(runtime, user, bound)
+        bound.info("ws.connected")
+        await _receive_loop(runtime, ws, conn, bound)
+    finally:
+        runtime.sessions.remove(conn)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await writer
+        bound.info("ws.disconnected")
+
+
+async def _register(
+    runtime: EdgeRuntime, user: str, bound: structlog.typing.FilteringBoundLogger
+) -> None:
+    ident = runtime.identity
+    try:
+        await runtime.core.register_user(user)
+        await runtime.core.open_session(
+            SessionOpen(user=user, region=ident.region.name, edge=ident.edge.name)
+        )
+    except Exception as exc:
+        # Routing falls back on the next presence report; sync still works.
+        bound.warning("ws.session_open_failed", error=repr(exc))
+
+
+async def _receive_loop(
+    runtime: EdgeRuntime,
+    ws: WebSocket,
+    conn: Connection,
+    bound: structlog.typing.FilteringBoundLogger,
+) -> None:
+    while not conn.overflowed.is_set():
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        try:
+            if text is None:
+                raise MalformedFrame(
+                    "binary frames are not supported; send JSON text frames"
+                )
+            await _handle_frame(runtime, conn, text)
+        except ClientError as exc:
+            bound.info(
+                "ws.frame_rejected", code=exc.code, reason=exc.message, ref=exc.ref
+            )
+            conn.push(
+                ErrorEvent(
+                    code=exc.code, message=exc.message, ref=exc.ref
+                ).model_dump_json()
+            )
+    await ws.close(CLOSE_OVERFLOW, "client too slow; reconnect and sync")
+
+
+async def _handle_frame(runtime: EdgeRuntime, conn: Connection, text: str) -> None:
+    frame = decode_frame(text)
+    if isinstance(frame, SendFrame):
+        accepted = await runtime.ingest.accept(conn.user, conn.id, frame)
+        conn.push(accepted.model_dump_json())
+    elif isinstance(frame, SyncFrame):
+        await _sync(runtime, conn, frame.cursors)
+    elif isinstance(frame, PingFrame):
+        conn.push(PongEvent().model_dump_json())
+    else:
+        raise MalformedFrame(
+            "already authenticated; auth is only valid as the first frame"
+        )
+
+
+async def _sync(
+    runtime: EdgeRuntime, conn: Connection, cursors: dict[str, int]
+) -> None:
+    """Stream every missed message to `conn`, then a `synced` event."""
+    positions = dict(cursors)
+    while True:
+        try:
+            page = await runtime.core.fetch_sync_page(
+                SyncRequest(user=conn.user, cursors=positions)
+            )
+        except Unavailable as exc:
+            exc.ref = "sync"
+            raise
+        for message in page.messages:
+            conn.push(MessageEvent(message=MessageView.of(message)).model_dump_json())
+        positions.update(page.cursors)
+        if not page.more:
+            break
+    conn.push(SyncedEvent(cursors=positions).model_dump_json())
+
+
+async def _send_error(ws: WebSocket, code: str, message: str) -> None:
+    await ws.send_text(ErrorEvent(code=code, message=message).model_dump_json())

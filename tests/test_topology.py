@@ -1,0 +1,159 @@
+"""The topology model and the nats-server configs rendered from it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from topology.launcher import nats_server_binary, resolve_ports
+from topology.model import (
+    TopologyError,
+    default_topology_path,
+    load_topology,
+    parse_topology,
+)
+from topology.render import hub_node_config, leaf_config, write_config
+
+
+def base() -> dict:  # type: ignore[type-arg]
+    return {
+        "name": "t",
+        "hub": {"nodes": [{"name": "hub-1"}]},
+        "regions": [{"name": "eu-west", "edges": [{"name": "eu-1"}]}],
+    }
+
+
+def test_default_topology_loads() -> None:
+    topology = load_topology(default_topology_path())
+    assert [r.name for r in topology.regions] == ["eu-west", "us-east"]
+    assert topology.store.backend == "sqlite"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "value"),
+    [
+        (
+            lambda t: t["regions"][0].update(name="EU West"),
+            "regions.0.name",
+            "'EU West'",
+        ),
+        (lambda t: t["regions"][0].update(edges=[]), "regions.0.edges", None),
+        (
+            lambda t: t["hub"]["nodes"][0].update(client_port=70000),
+            "hub.nodes.0.client_port",
+            "70000",
+        ),
+        (lambda t: t.update(colour="blue"), "colour", "'blue'"),
+        (
+            lambda t: (
+                t["store"].update(backend="mongo")
+                if "store" in t
+                else t.update(store={"backend": "mongo"})
+            ),
+            "store.backend",
+            "'mongo'",
+        ),
+        (lambda t: t.pop("hub"), "hub", None),
+        (
+            lambda t: t.update(limits={"max_content_bytes": 0}),
+            "limits.max_content_bytes",
+            "0",
+        ),
+    ],
+)
+def test_invalid_topology_names_field(mutate, field: str, value: str | None) -> None:  # type: ignore[no-untyped-def]
+    raw = base()
+    mutate(raw)
+    with pytest.raises(TopologyError) as caught:
+        parse_topology(raw, source="test.yaml")
+    message = str(caught.value)
+    assert "test.yaml" in message
+    assert field in message
+    if value is not None:
+        assert value in message
+
+
+def test_duplicate_names_rejected() -> None:
+    raw = base()
+    raw["regions"].append({"name": "eu-west", "edges": [{"name": "eu-2"}]})
+    with pytest.raises(TopologyError, match="'eu-west' appears twice"):
+        parse_topology(raw)
+
+
+def test_replicas_above_hub_size_rejected() -> None:
+    raw = base()
+    raw["hub"]["stream_replicas"] = 3
+    with pytest.raises(
+        TopologyError, match="stream_replicas is 3 but the hub has only 1"
+    ):
+        parse_topology(raw)
+
+
+def test_unreadable_file_named(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(TopologyError, match=r"broken\.yaml is not valid YAML"):
+        load_topology(bad)
+    with pytest.raises(TopologyError, match="cannot read topology file"):
+        load_topology(tmp_path / "missing.yaml")
+
+
+def test_resolve_ports_fills_zeros() -> None:
+    topology = resolve_ports(parse_topology(base()))
+    node = topology.hub.nodes[0]
+    ports = [
+        node.client_port,
+        node.leaf_port,
+        node.monitor_port,
+        topology.regions[0].edges[0].port,
+    ]
+    assert all(port > 0 for port in ports)
+    assert len(set(ports)) == len(ports)
+
+
+def test_rendered_configs(tmp_path: Path) -> None:
+    topology = resolve_ports(load_topology(default_topology_path()))
+    hub = hub_node_config(topology, topology.hub.nodes[0], tmp_path)
+    leaf = leaf_config(topology, topology.regions[0], tmp_path)
+
+    assert hub["jetstream"]["domain"] == "hub"
+    assert "cluster" not in hub
+    assert leaf["jetstream"]["domain"] == "eu-west"
+    assert leaf["jetstream"]["sync_interval"] == "always"
+    assert leaf["leafnodes"]["remotes"][0]["urls"] == ["nats-leaf://127.0.0.1:7422"]
+
+
+def test_three_node_hub_has_routes(tmp_path: Path) -> None:
+    raw = base()
+    raw["hub"] = {
+        "nodes": [{"name": f"hub-{i}"} for i in (1, 2, 3)],
+        "stream_replicas": 3,
+    }
+    topology = resolve_ports(parse_topology(raw))
+    config = hub_node_config(topology, topology.hub.nodes[0], tmp_path)
+    assert len(config["cluster"]["routes"]) == 2
+
+
+def test_rendered_configs_pass_nats_server_check(tmp_path: Path) -> None:
+    topology = resolve_ports(load_topology(default_topology_path()))
+    paths = [
+        write_config(
+            hub_node_config(topology, topology.hub.nodes[0], tmp_path),
+            tmp_path / "hub.conf",
+        ),
+        write_config(
+            leaf_config(topology, topology.regions[1], tmp_path), tmp_path / "leaf.conf"
+        ),
+    ]
+    for path in paths:
+        json.loads(path.read_text())
+        result = subprocess.run(
+            [nats_server_binary(), "-t", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr

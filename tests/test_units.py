@@ -1,0 +1,154 @@
+"""Pure logic: ids, affinity, the session registry, tokens, catch-up paging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.catchup import fetch_sync_page
+from core.errors import InvalidToken
+from core.ids import (
+    ID_EPOCH_MS,
+    MessageIdGenerator,
+    UserId,
+    conversation_members,
+    direct_conversation,
+    message_id_time_ms,
+)
+from core.schema import PresenceReport, SessionOpen, StoredMessage, SyncRequest
+from core.sessions import SessionRegistry
+from core.store.sqlite import SqliteStore
+from core.tokens import ensure_secret, load_secret, mint_token, verify_token
+from edge.affinity import owner_edge
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_message_ids_increase_when_clock_steps_back() -> None:
+    clock = FakeClock(ID_EPOCH_MS + 5000)
+    ids = MessageIdGenerator(3, clock_ms=clock)
+    first = ids.next_id()
+    clock.now -= 1000
+    second = ids.next_id()
+    assert second > first
+    assert message_id_time_ms(first) == ID_EPOCH_MS + 5000
+
+
+def test_message_ids_borrow_next_ms_after_4096() -> None:
+    ids = MessageIdGenerator(0, clock_ms=FakeClock(ID_EPOCH_MS + 1))
+    made = [ids.next_id() for _ in range(5000)]
+    assert made == sorted(made)
+    assert len(set(made)) == 5000
+
+
+def test_worker_id_out_of_range() -> None:
+    with pytest.raises(ValueError, match="worker id 1024"):
+        MessageIdGenerator(1024)
+
+
+def test_direct_conversation_is_order_free() -> None:
+    a, b = UserId("bob"), UserId("alice")
+    assert direct_conversation(a, b) == direct_conversation(b, a) == "dm:alice:bob"
+    assert conversation_members(direct_conversation(a, b)) == ("alice", "bob")
+
+
+def test_affinity_is_stable_and_moves_only_removed_edge_users() -> None:
+    edges = ["e1", "e2", "e3"]
+    users = [f"user{i}" for i in range(600)]
+    owners = {u: owner_edge(u, edges) for u in users}
+    counts = {e: list(owners.values()).count(e) for e in edges}
+    assert all(count > 120 for count in counts.values()), counts
+    after = {u: owner_edge(u, ["e1", "e3"]) for u in users}
+    moved = [u for u in users if owners[u] != after[u]]
+    assert all(owners[u] == "e2" for u in moved)
+
+
+def test_registry_routes_everywhere_while_warming_up() -> None:
+    clock = FakeClock()
+    registry = SessionRegistry(["eu", "us"], offline_timeout_s=10, clock=clock)
+    assert registry.regions_of("alice") == {"eu", "us"}
+    clock.now += 11
+    assert registry.regions_of("alice") == set()
+
+
+def test_registry_keeps_region_until_timeout() -> None:
+    clock = FakeClock()
+    registry = SessionRegistry(["eu", "us"], offline_timeout_s=10, clock=clock)
+    clock.now += 11
+    registry.on_open(SessionOpen(user="alice", region="eu", edge="eu-1"))
+    registry.on_report(
+        PresenceReport(region="us", edge="us-1", users=["alice"], sent_at_ms=0)
+    )
+    assert registry.regions_of("alice") == {"eu", "us"}
+    clock.now += 5
+    registry.on_report(
+        PresenceReport(region="us", edge="us-1", users=["alice"], sent_at_ms=0)
+    )
+    clock.now += 6
+    assert registry.regions_of("alice") == {"us"}
+    clock.now += 11
+    assert registry.regions_of("alice") == set()
+    assert registry.forget_expired() == 1
+
+
+def test_tokens_round_trip_and_reject(tmp_path: Path) -> None:
+    secret = ensure_secret(tmp_path / "key")
+    assert (tmp_path / "key").stat().st_mode & 0o777 == 0o600
+    assert verify_token(secret, mint_token(secret, "alice")) == "alice"
+    with pytest.raises(InvalidToken, match="expired"):
+        verify_token(secret, mint_token(secret, "alice", ttl_s=1, now=0))
+    with pytest.raises(InvalidToken, match="invalid"):
+        verify_token(b"x" * 32, mint_token(secret, "alice"))
+    with pytest.raises(InvalidToken, match="not a valid user name"):
+        verify_token(secret, mint_token(secret, "Alice Smith"))
+
+
+def test_short_secret_rejected(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("short")
+    with pytest.raises(ValueError, match="has 5 bytes"):
+        load_secret(tmp_path / "key")
+
+
+async def test_sync_pages_in_order_and_only_own_conversations(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db.sqlite")
+    await store.ensure_schema()
+    for seq in range(1, 8):
+        await _append(store, "dm:alice:bob", seq, "alice", "bob")
+    await _append(store, "dm:carol:dave", 1, "carol", "dave")
+
+    first = await fetch_sync_page(
+        store, SyncRequest(user="bob", cursors={"dm:carol:dave": 0}, limit=5)
+    )
+    second = await fetch_sync_page(
+        store, SyncRequest(user="bob", cursors=first.cursors, limit=5)
+    )
+    await store.close()
+
+    assert [m.seq for m in first.messages] == [1, 2, 3, 4, 5]
+    assert first.more is True
+    assert [m.seq for m in second.messages] == [6, 7]
+    assert second.more is False
+    assert set(second.cursors) == {"dm:alice:bob"}
+
+
+async def _append(
+    store: SqliteStore, conversation: str, seq: int, sender: str, recipient: str
+) -> None:
+    message = StoredMessage(
+        message_id=seq,
+        conversation=conversation,
+        seq=seq,
+        sender=sender,
+        recipient=recipient,
+        content=f"m{seq}",
+        timestamp_ms=seq,
+        client_msg_id=f"{conversation}-{seq}".replace(":", "-"),
+    )
+    await store.append_message(message, [UserId(sender), UserId(recipient)])
