@@ -162,3 +162,39 @@ def core(topology_file: Path | None, run_dir: Path, worker: int) -> None:
     from core.main import run_core
 
     run_core(_load(topology_file), worker, RunLayout(run_dir).data)
+
+
+@main.group()
+def store() -> None:
+    """Manage the message store."""
+
+
+@store.command()
+@topology_option
+@click.option(
+    "--region",
+    default=None,
+    help="Datacenter to run the migration from. Default: the first region.",
+)
+def migrate(topology_file: Path | None, region: str | None) -> None:
+    """Apply pending schema migrations to the topology's ScyllaDB keyspace."""
+    from core.errors import StoreError
+    from core.store.cql_migrations import migrate as run_migrations
+
+    topology = _load(topology_file)
+    if topology.store.backend != "scylla":
+        raise click.ClickException(
+            "the topology's store backend is sqlite, whose schema is created at start; "
+            "migrations apply to the scylla backend"
+        )
+    local = region or topology.regions[0].name
+    try:
+        applied = asyncio.run(
+            run_migrations(topology.store.scylla, topology.regions, local)
+        )
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not applied:
+        click.echo("schema is up to date")
+    for migration in applied:
+        click.echo(f"applied migration {migration.version}: {migration.name}")

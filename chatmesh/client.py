@@ -23,10 +23,16 @@ from core.schema import (
     AcceptedEvent,
     CommittedEvent,
     ErrorEvent,
+    GroupEvent,
+    GroupsEvent,
+    GroupSummary,
+    GroupView,
     HelloEvent,
     MessageEvent,
     MessageView,
+    PresenceEvent,
     SyncedEvent,
+    UserPresence,
 )
 
 log = structlog.get_logger(__name__)
@@ -115,6 +121,49 @@ class ChatClient:
         assert isinstance(reply, AcceptedEvent)
         return reply
 
+    async def send_to_group(
+        self,
+        group: str,
+        content: str,
+        client_msg_id: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> AcceptedEvent:
+        """Send a message to a group; return once the region has accepted it."""
+        cmid = client_msg_id or uuid.uuid4().hex
+        frame = {"type": "send", "id": cmid, "group": group, "content": content}
+        reply = await self._request(cmid, frame, timeout_s)
+        assert isinstance(reply, AcceptedEvent)
+        return reply
+
+    async def group(self, op: str, group: str, **fields: Any) -> GroupView:
+        """Run a group operation.
+
+        `op` is create, add, remove, leave, promote, demote or members.
+        """
+        ref = uuid.uuid4().hex
+        frame = {"type": "group", "id": ref, "op": op, "group": group, **fields}
+        reply = await self._request(ref, frame, DEFAULT_TIMEOUT_S)
+        assert isinstance(reply, GroupEvent)
+        return reply.group
+
+    async def groups(self) -> list[GroupSummary]:
+        ref = uuid.uuid4().hex
+        reply = await self._request(
+            ref, {"type": "groups", "id": ref}, DEFAULT_TIMEOUT_S
+        )
+        assert isinstance(reply, GroupsEvent)
+        return reply.groups
+
+    async def presence(
+        self, users: list[str], subscribe: bool = False
+    ) -> list[UserPresence]:
+        """Return the presence of `users`; with `subscribe`, changes follow."""
+        ref = uuid.uuid4().hex
+        frame = {"type": "presence", "id": ref, "users": users, "subscribe": subscribe}
+        reply = await self._request(ref, frame, DEFAULT_TIMEOUT_S)
+        assert isinstance(reply, PresenceEvent)
+        return reply.users
+
     async def send_raw(self, text: str) -> None:
         """Send a frame as is (for tests of malformed input)."""
         assert self._ws is not None
@@ -183,6 +232,10 @@ class ChatClient:
     async def _on_event(self, event: Event) -> None:
         if isinstance(event, AcceptedEvent):
             self._resolve(event.id, event)
+        elif isinstance(event, GroupEvent | GroupsEvent) or (
+            isinstance(event, PresenceEvent) and event.ref
+        ):
+            self._resolve(event.ref or "", event)
         elif isinstance(event, ErrorEvent):
             self._on_error(event)
         elif isinstance(event, MessageEvent):
@@ -233,7 +286,16 @@ class ChatClient:
             asyncio.get_running_loop().create_task(self._repair_gap())
 
     def _on_synced(self, event: SyncedEvent) -> None:
-        for conversation in event.cursors:
+        # The edge sent every readable message up to each synced cursor, so
+        # what is held below it is complete even where the readable range
+        # starts past the client's cursor (a member added at seq S).
+        for conversation, synced in event.cursors.items():
+            held = self._held.get(conversation, {})
+            for seq in sorted(s for s in held if s <= synced):
+                if seq > self.cursors.get(conversation, 0):
+                    self._show(held.pop(seq))
+            if synced > self.cursors.get(conversation, 0):
+                self.cursors[conversation] = synced
             self._release_held(conversation)
         if self._sync_done is not None and not self._sync_done.done():
             self._sync_done.set_result(event)

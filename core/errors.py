@@ -46,6 +46,26 @@ class NotAuthorized(ClientError):
     code = "not_authorized"
 
 
+class NotAMember(ClientError):
+    code = "not_a_member"
+
+
+class GroupNotFound(ClientError):
+    code = "group_not_found"
+
+
+class GroupExists(ClientError):
+    code = "group_exists"
+
+
+class GroupFull(ClientError):
+    code = "group_full"
+
+
+class InvalidRequest(ClientError):
+    code = "invalid_request"
+
+
 class InvalidToken(ClientError):
     code = "invalid_token"
 
@@ -68,3 +88,20 @@ class Unavailable(ClientError):
 
 class StoreError(ChatmeshError):
     """The message store failed; the operation may be retried."""
+
+
+# Codes a core service may return, mapped back to their error class by the edge.
+CLIENT_ERRORS: dict[str, type[ClientError]] = {
+    cls.code: cls
+    for cls in (
+        ClientError,
+        NotAuthorized,
+        NotAMember,
+        GroupNotFound,
+        GroupExists,
+        GroupFull,
+        InvalidRequest,
+        UnknownRecipient,
+        InvalidRecipient,
+    )
+}

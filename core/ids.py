@@ -27,6 +27,11 @@ def direct_conversation(a: UserId, b: UserId) -> ConversationId:
     return ConversationId(f"dm:{low}:{high}")
 
 
+def group_conversation(group: str) -> ConversationId:
+    """Return the conversation id of a group."""
+    return ConversationId(f"grp:{group}")
+
+
 def conversation_members(conversation: ConversationId) -> tuple[UserId, ...]:
     """Return the two members of a 1-1 conversation id."""
     kind, _, rest = conversation.partition(":")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 PROTOCOL_VERSION = 1
 
@@ -17,6 +17,8 @@ PROTOCOL_VERSION = 1
 # NATS subjects and headers, so dots, spaces and wildcards are excluded.
 CLIENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 USER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+GROUP_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+MAX_PRESENCE_USERS = 500
 CONVERSATION_PATTERN = r"^(dm|grp):[a-z0-9_:-]{1,200}$"
 MAX_CURSORS = 10_000
 
@@ -29,12 +31,23 @@ class _Wire(BaseModel):
 
 
 class SendFrame(_Wire):
-    """Send `content` to user `to`; `id` is the client's idempotency key."""
+    """Send `content` to user `to` or to group `group` (exactly one of them).
+
+    `id` is the client's idempotency key: a resend with the same id is stored
+    once.
+    """
 
     type: Literal["send"]
     id: Annotated[str, Field(pattern=CLIENT_ID_PATTERN)]
-    to: Annotated[str, Field(pattern=USER_PATTERN)]
+    to: Annotated[str | None, Field(pattern=USER_PATTERN)] = None
+    group: Annotated[str | None, Field(pattern=GROUP_PATTERN)] = None
     content: str
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SendFrame:
+        if (self.to is None) == (self.group is None):
+            raise ValueError("give exactly one of `to` (a user) or `group`")
+        return self
 
 
 class SyncFrame(_Wire):
@@ -57,6 +70,42 @@ class PingFrame(_Wire):
     type: Literal["ping"]
 
 
+GroupOp = Literal["create", "add", "remove", "leave", "promote", "demote", "members"]
+User = Annotated[str, Field(pattern=USER_PATTERN)]
+
+
+class GroupFrame(_Wire):
+    """Administer a group or read its members.
+
+    `create` takes `name` and optional initial `members`; `add`, `remove`,
+    `promote` and `demote` take `user`; `leave` and `members` take neither.
+    """
+
+    type: Literal["group"]
+    id: Annotated[str, Field(pattern=CLIENT_ID_PATTERN)]
+    op: GroupOp
+    group: Annotated[str, Field(pattern=GROUP_PATTERN)]
+    user: User | None = None
+    name: Annotated[str, Field(max_length=200)] | None = None
+    members: Annotated[list[User], Field(max_length=1000)] = Field(default_factory=list)
+
+
+class GroupsFrame(_Wire):
+    """List the groups the user belongs to."""
+
+    type: Literal["groups"]
+    id: Annotated[str, Field(pattern=CLIENT_ID_PATTERN)]
+
+
+class PresenceFrame(_Wire):
+    """Query the presence of `users`, and subscribe to their changes if asked."""
+
+    type: Literal["presence"]
+    id: Annotated[str, Field(pattern=CLIENT_ID_PATTERN)]
+    users: Annotated[list[User], Field(min_length=1, max_length=MAX_PRESENCE_USERS)]
+    subscribe: bool = False
+
+
 class AuthFrame(_Wire):
     """The first frame of a WebSocket: the client's signed token."""
 
@@ -64,13 +113,31 @@ class AuthFrame(_Wire):
     token: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
-ClientFrame = Annotated[
-    SendFrame | SyncFrame | PingFrame | AuthFrame, Field(discriminator="type")
-]
-CLIENT_FRAME = TypeAdapter[SendFrame | SyncFrame | PingFrame | AuthFrame](ClientFrame)
+AnyClientFrame = (
+    SendFrame
+    | SyncFrame
+    | PingFrame
+    | AuthFrame
+    | GroupFrame
+    | GroupsFrame
+    | PresenceFrame
+)
+ClientFrame = Annotated[AnyClientFrame, Field(discriminator="type")]
+CLIENT_FRAME = TypeAdapter[AnyClientFrame](ClientFrame)
+CLIENT_FRAME_TYPES = ("auth", "send", "sync", "ping", "group", "groups", "presence")
 
 
 # ---- stored message ---------------------------------------------------------
+
+
+MessageKind = Literal[
+    "text",
+    "group_created",
+    "member_added",
+    "member_removed",
+    "member_left",
+    "role_changed",
+]
 
 
 class StoredMessage(_Wire):
@@ -78,7 +145,10 @@ class StoredMessage(_Wire):
 
     `seq` is dense per conversation, starting at 1. `message_id` is the
     64-bit time-ordered id; it travels as a decimal string to clients so
-    JavaScript keeps every bit.
+    JavaScript keeps every bit. `recipient` is set for 1-1 messages only.
+    Group membership changes are messages too, of a `kind` other than
+    `text`, so they take their place in the conversation's order; `target`
+    names the member they concern and `content` the new role or group name.
     """
 
     message_id: int
@@ -89,6 +159,8 @@ class StoredMessage(_Wire):
     content: str
     timestamp_ms: int
     client_msg_id: str
+    kind: MessageKind = "text"
+    target: str | None = None
 
 
 class MessageView(_Wire):
@@ -102,6 +174,8 @@ class MessageView(_Wire):
     content: str
     timestamp_ms: int
     client_msg_id: str
+    kind: MessageKind = "text"
+    target: str | None = None
 
     @classmethod
     def of(cls, message: StoredMessage) -> MessageView:
@@ -157,6 +231,66 @@ class PongEvent(_Wire):
     type: Literal["pong"] = "pong"
 
 
+GroupRole = Literal["owner", "admin", "member"]
+
+
+class GroupView(_Wire):
+    """A group and its members with their roles.
+
+    `seq` is the position of the change that produced this view in the
+    group's conversation, 0 for a read.
+    """
+
+    group: str
+    name: str
+    owner: str
+    members: dict[str, GroupRole]
+    seq: int = 0
+
+
+class GroupEvent(_Wire):
+    """The reply to a `group` frame."""
+
+    type: Literal["group"] = "group"
+    ref: str
+    group: GroupView
+
+
+class GroupSummary(_Wire):
+    group: str
+    name: str
+    role: GroupRole
+
+
+class GroupsEvent(_Wire):
+    """The reply to a `groups` frame."""
+
+    type: Literal["groups"] = "groups"
+    ref: str
+    groups: list[GroupSummary]
+
+
+class UserPresence(_Wire):
+    """Whether a user is online and where, or when they were last seen.
+
+    `last_seen_ms` is Unix milliseconds, or None for a user never seen.
+    """
+
+    user: str
+    online: bool
+    region: str | None = None
+    edge: str | None = None
+    last_seen_ms: int | None = None
+
+
+class PresenceEvent(_Wire):
+    """Presence states: the reply to a `presence` frame (with `ref`) or a change."""
+
+    type: Literal["presence"] = "presence"
+    ref: str | None = None
+    users: list[UserPresence]
+
+
 class ErrorEvent(_Wire):
     """A rejected frame or request; `ref` is the frame's `id` when it had one."""
 
@@ -166,17 +300,7 @@ class ErrorEvent(_Wire):
     ref: str | None = None
 
 
-ServerEvent = Annotated[
-    HelloEvent
-    | AcceptedEvent
-    | CommittedEvent
-    | MessageEvent
-    | SyncedEvent
-    | PongEvent
-    | ErrorEvent,
-    Field(discriminator="type"),
-]
-SERVER_EVENT = TypeAdapter[
+AnyServerEvent = (
     HelloEvent
     | AcceptedEvent
     | CommittedEvent
@@ -184,7 +308,12 @@ SERVER_EVENT = TypeAdapter[
     | SyncedEvent
     | PongEvent
     | ErrorEvent
-](ServerEvent)
+    | GroupEvent
+    | GroupsEvent
+    | PresenceEvent
+)
+ServerEvent = Annotated[AnyServerEvent, Field(discriminator="type")]
+SERVER_EVENT = TypeAdapter[AnyServerEvent](ServerEvent)
 
 
 # ---- internal envelopes -----------------------------------------------------
@@ -199,20 +328,37 @@ class Origin(_Wire):
 
 
 class IngestEnvelope(_Wire):
-    """A validated client message, as the edge stores it in JetStream."""
+    """A validated client message, as the edge stores it in JetStream.
+
+    Exactly one of `recipient` (1-1) and `group` is set.
+    """
 
     sender: str
-    recipient: str
+    recipient: str | None = None
+    group: str | None = None
     client_msg_id: str
     content: str
     accepted_at_ms: int
     origin: Origin
 
 
-class Delivery(_Wire):
-    """A committed message on its way to the edges of one region."""
+class Rejection(_Wire):
+    """Why the sequencer refused an accepted message (it is not stored)."""
 
-    message: StoredMessage
+    client_msg_id: str
+    code: str
+    message: str
+
+
+class Delivery(_Wire):
+    """A committed message, or a rejection, on its way to one region's edges.
+
+    `recipients` are the users whose connections get the message; the
+    connection named by `origin` gets a `committed` (or `error`) event.
+    """
+
+    message: StoredMessage | None = None
+    rejection: Rejection | None = None
     recipients: list[str]
     origin: Origin
 
@@ -226,12 +372,55 @@ class SessionOpen(_Wire):
 
 
 class PresenceReport(_Wire):
-    """An edge's periodic snapshot of the users it holds sessions for."""
+    """An edge's one presence message per interval.
+
+    A `full` report lists in `online` every user the edge holds; the others
+    list only the users who connected (`online`) or whose last connection
+    closed (`offline`) since the previous report. An empty report still
+    says the edge is alive. `report_seq` counts reports, so a receiver that
+    sees a gap waits for the next full report.
+    """
 
     region: str
     edge: str
-    users: list[str]
+    report_seq: int
+    full: bool
+    online: list[str] = Field(default_factory=list)
+    offline: list[str] = Field(default_factory=list)
     sent_at_ms: int
+
+
+class PresenceChanges(_Wire):
+    """A batch of presence changes the core publishes once per interval."""
+
+    users: list[UserPresence]
+
+
+class PresenceRequest(_Wire):
+    actor: str
+    users: list[str]
+
+
+class PresenceReply(_Wire):
+    """States of the users the actor may see; the rest are listed in `denied`."""
+
+    users: list[UserPresence]
+    denied: list[str]
+
+
+class GroupRequest(_Wire):
+    actor: str
+    op: GroupOp | Literal["list", "can_post"]
+    group: str = ""
+    user: str | None = None
+    name: str | None = None
+    members: list[str] = Field(default_factory=list)
+
+
+class GroupReply(_Wire):
+    group: GroupView | None = None
+    groups: list[GroupSummary] = Field(default_factory=list)
+    allowed: bool = True
 
 
 class SyncRequest(_Wire):
@@ -262,6 +451,11 @@ class UserReply(_Wire):
 
 
 class ServiceError(_Wire):
-    """The reply of a core service when a request failed."""
+    """The reply of a core service when a request failed.
+
+    `code` is a client error code when the request itself was at fault, or
+    `internal` when the service failed.
+    """
 
     error: str
+    code: str = "internal"

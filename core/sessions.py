@@ -1,10 +1,15 @@
-"""The session registry: which regions hold a session for each user.
+"""The session registry: who is online, where, and when they were last seen.
 
-Edges report their users in batches (one report per edge per interval), and
-tell the registry at once when a user connects, so a message committed just
-after a connect is routed to the new region. A user stays routed to a
-region until `offline_timeout_s` after the last report that named them
-there, so a reconnect elsewhere within the timeout never flaps the route.
+Edges send one presence report per interval (a delta of users who connected
+or whose last connection closed, and now and then a full list), and tell
+the registry at once when a user connects, so a message committed just
+after a connect is routed to the new region.
+
+A user is online while an edge that still reports holds a session for them,
+and for `offline_timeout_s` after the last one closed or after that edge
+fell silent. So a reconnect elsewhere within the timeout never flaps the
+user offline and back, and an edge that dies stops counting after the
+timeout.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from core.schema import PresenceReport, SessionOpen
+from core.schema import PresenceReport, SessionOpen, UserPresence
 
 log = structlog.get_logger(__name__)
 
@@ -23,13 +28,29 @@ Clock = Callable[[], float]
 
 
 @dataclass
+class _Placement:
+    """A user's session state on one edge."""
+
+    region: str
+    connected: bool
+    # Wall-clock seconds when the session was last known to exist.
+    seen_at: float
+
+
+@dataclass
+class _EdgeState:
+    region: str
+    reported_at: float
+    report_seq: int = 0
+
+
+@dataclass
 class _UserState:
-    # region -> edge -> monotonic time the edge last reported the user
-    seen: dict[str, dict[str, float]] = field(default_factory=dict)
+    placements: dict[str, _Placement] = field(default_factory=dict)
 
 
 class SessionRegistry:
-    """Route lookups for the sequencer, fed by edge reports.
+    """Presence state and routing lookups, fed by edge reports.
 
     Until one timeout has passed since start, the registry may not know every
     session, so `regions_of` returns every region then: a message is better
@@ -40,24 +61,46 @@ class SessionRegistry:
         self,
         regions: Iterable[str],
         offline_timeout_s: float,
-        clock: Clock = time.monotonic,
+        clock: Clock = time.time,
     ) -> None:
         self._regions = frozenset(regions)
         self._timeout_s = offline_timeout_s
         self._clock = clock
         self._started = clock()
         self._users: dict[str, _UserState] = {}
+        self._edges: dict[str, _EdgeState] = {}
+        self._published: dict[str, UserPresence] = {}
+
+    # ---- input ---------------------------------------------------------------
 
     def on_open(self, event: SessionOpen) -> None:
-        self._mark(event.user, event.region, event.edge, self._clock())
+        now = self._clock()
+        self._touch_edge(event.edge, event.region, now)
+        self._place(event.user, event.edge, event.region, connected=True, now=now)
         log.debug(
             "sessions.opened", user=event.user, region=event.region, edge=event.edge
         )
 
     def on_report(self, report: PresenceReport) -> None:
         now = self._clock()
-        for user in report.users:
-            self._mark(user, report.region, report.edge, now)
+        edge = self._touch_edge(report.edge, report.region, now)
+        if (
+            not report.full
+            and report.report_seq != edge.report_seq + 1
+            and edge.report_seq
+        ):
+            log.info(
+                "sessions.report_gap", edge=report.edge, expected=edge.report_seq + 1
+            )
+        edge.report_seq = report.report_seq
+        if report.full:
+            self._close_missing(report.edge, set(report.online), now)
+        for user in report.online:
+            self._place(user, report.edge, report.region, connected=True, now=now)
+        for user in report.offline:
+            self._place(user, report.edge, report.region, connected=False, now=now)
+
+    # ---- queries -------------------------------------------------------------
 
     def regions_of(self, user: str) -> set[str]:
         """Return the regions where `user` has, or recently had, a session."""
@@ -68,26 +111,115 @@ class SessionRegistry:
         if state is None:
             return set()
         return {
-            region
-            for region, edges in state.seen.items()
-            if any(now - seen_at <= self._timeout_s for seen_at in edges.values())
+            placement.region
+            for edge, placement in state.placements.items()
+            if self._counts(edge, placement, now)
         }
 
-    def forget_expired(self) -> int:
-        """Drop entries older than the timeout; return how many users went."""
+    def presence(self, user: str, last_seen_ms: int | None = None) -> UserPresence:
+        """Return the user's presence; `last_seen_ms` is the stored fallback."""
         now = self._clock()
-        gone = [u for u, s in self._users.items() if not self._fresh(s, now)]
-        for user in gone:
-            del self._users[user]
-        return len(gone)
+        state = self._users.get(user)
+        best: tuple[str, _Placement] | None = None
+        for edge, placement in state.placements.items() if state else []:
+            if self._counts(edge, placement, now) and (
+                best is None or self._live(edge, placement, now)
+            ):
+                best = (edge, placement)
+        if best is not None:
+            edge, placement = best
+            return UserPresence(
+                user=user, online=True, region=placement.region, edge=edge
+            )
+        seen = self._last_seen_ms(state)
+        if seen is None or (last_seen_ms is not None and last_seen_ms > seen):
+            seen = last_seen_ms
+        return UserPresence(user=user, online=False, last_seen_ms=seen)
 
-    def _fresh(self, state: _UserState, now: float) -> bool:
-        return any(
-            now - seen_at <= self._timeout_s
-            for edges in state.seen.values()
-            for seen_at in edges.values()
+    def collect_changes(self) -> list[UserPresence]:
+        """Return users whose online state or place changed since the last call."""
+        changes = []
+        for user in list(self._users):
+            current = self.presence(user)
+            before = self._published.get(user)
+            if before is None or _moved(before, current):
+                if before is not None or current.online:
+                    changes.append(current)
+                self._published[user] = current
+        self._forget_offline()
+        return changes
+
+    def online_count(self) -> int:
+        now = self._clock()
+        return sum(
+            1
+            for state in self._users.values()
+            if any(self._counts(e, p, now) for e, p in state.placements.items())
         )
 
-    def _mark(self, user: str, region: str, edge: str, now: float) -> None:
+    # ---- internals -----------------------------------------------------------
+
+    def _touch_edge(self, edge: str, region: str, now: float) -> _EdgeState:
+        state = self._edges.get(edge)
+        if state is None:
+            state = self._edges[edge] = _EdgeState(region=region, reported_at=now)
+        state.reported_at = now
+        return state
+
+    def _place(
+        self, user: str, edge: str, region: str, connected: bool, now: float
+    ) -> None:
         state = self._users.setdefault(user, _UserState())
-        state.seen.setdefault(region, {})[edge] = now
+        current = state.placements.get(edge)
+        if connected or current is None or current.connected:
+            state.placements[edge] = _Placement(region, connected, now)
+
+    def _close_missing(self, edge: str, online: set[str], now: float) -> None:
+        for user, state in self._users.items():
+            placement = state.placements.get(edge)
+            if placement is not None and placement.connected and user not in online:
+                placement.connected = False
+                placement.seen_at = now
+
+    def _live(self, edge: str, placement: _Placement, now: float) -> bool:
+        """True while the session is open on an edge that still reports."""
+        edge_state = self._edges.get(edge)
+        alive = (
+            edge_state is not None and now - edge_state.reported_at <= self._timeout_s
+        )
+        return placement.connected and alive
+
+    def _counts(self, edge: str, placement: _Placement, now: float) -> bool:
+        if self._live(edge, placement, now):
+            return True
+        return now - self._ended_at(edge, placement) <= self._timeout_s
+
+    def _ended_at(self, edge: str, placement: _Placement) -> float:
+        if placement.connected:
+            edge_state = self._edges.get(edge)
+            return edge_state.reported_at if edge_state else placement.seen_at
+        return placement.seen_at
+
+    def _last_seen_ms(self, state: _UserState | None) -> int | None:
+        if state is None or not state.placements:
+            return None
+        ended = max(self._ended_at(e, p) for e, p in state.placements.items())
+        return int(ended * 1000)
+
+    def _forget_offline(self) -> None:
+        """Drop users offline for long enough that nothing routes to them."""
+        now = self._clock()
+        for user in list(self._users):
+            state = self._users[user]
+            if not any(self._counts(e, p, now) for e, p in state.placements.items()):
+                published = self._published.get(user)
+                if published is not None and not published.online:
+                    del self._users[user]
+
+
+def _moved(before: UserPresence, after: UserPresence) -> bool:
+    return (before.online, before.region, before.edge) != (
+        after.online,
+        after.region,
+        after.edge,
+    )

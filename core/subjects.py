@@ -17,7 +17,10 @@ SERVICE_USER_EXISTS = "chatmesh.core.users.exists"
 SERVICE_USER_REGISTER = "chatmesh.core.users.register"
 SERVICE_SESSION_OPEN = "chatmesh.core.sessions.open"
 SERVICE_HEALTH = "chatmesh.core.health"
+SERVICE_GROUPS = "chatmesh.core.groups"
+SERVICE_PRESENCE = "chatmesh.core.presence"
 PRESENCE_REPORTS = "chatmesh.presence.reports"
+PRESENCE_CHANGES = "chatmesh.presence.changes"
 
 
 def region_ingest_stream(region: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
@@ -16,16 +17,21 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from core import subjects
 from core.catchup import fetch_sync_page
+from core.errors import ClientError
+from core.groups import GroupService
 from core.ids import MessageIdGenerator, UserId
 from core.natsconn import close_nats, connect_nats
+from core.presence import PresenceService
 from core.schema import (
     Delivery,
+    GroupRequest,
     IngestEnvelope,
     PresenceReport,
+    PresenceRequest,
     ServiceError,
     SessionOpen,
     SyncRequest,
@@ -64,6 +70,16 @@ class CoreWorker:
         self._registry = SessionRegistry(
             self._regions, topology.presence.offline_timeout_s
         )
+        self._sequencer = Sequencer(
+            self._store,
+            self._registry,
+            MessageIdGenerator(worker_id),
+            self._publish_delivery,
+        )
+        self._groups = GroupService(
+            self._store, self._sequencer, topology.limits.group_size_limit
+        )
+        self._presence = PresenceService(self._store, self._registry, self._sequencer)
         self._tasks: list[asyncio.Task[None]] = []
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -80,13 +96,13 @@ class CoreWorker:
         self._js = self._nc.jetstream(domain=subjects.HUB_DOMAIN)
         await self._ensure_streams()
         await self._subscribe_services(self._nc)
-        sequencer = Sequencer(
-            self._store,
-            self._registry,
-            MessageIdGenerator(self._worker_id),
-            self._publish_delivery,
-        )
-        self._tasks.append(asyncio.create_task(self._consume(sequencer)))
+        interval_s = self._topology.presence.report_interval_s
+        self._tasks += [
+            asyncio.create_task(self._consume(self._sequencer)),
+            asyncio.create_task(
+                self._presence.publish_changes_forever(self._nc, interval_s)
+            ),
+        ]
         self.ready.set()
         log.info("core.started", worker=self._worker_id)
 
@@ -132,6 +148,8 @@ class CoreWorker:
             subjects.SERVICE_USER_REGISTER, queue=q, cb=self._on_register
         )
         await nc.subscribe(subjects.SERVICE_HEALTH, queue=q, cb=self._on_health)
+        await nc.subscribe(subjects.SERVICE_GROUPS, queue=q, cb=self._on_groups)
+        await nc.subscribe(subjects.SERVICE_PRESENCE, queue=q, cb=self._on_presence)
         # Every worker keeps its own registry, so these are not queue groups.
         await nc.subscribe(subjects.SERVICE_SESSION_OPEN, cb=self._on_session_open)
         await nc.subscribe(subjects.PRESENCE_REPORTS, cb=self._on_presence_report)
@@ -139,7 +157,11 @@ class CoreWorker:
     async def _publish_delivery(self, region: str, delivery: Delivery) -> None:
         """Publish to the hub's delivery stream, retrying while the hub recovers."""
         assert self._js is not None
-        msg_id = f"{region}:{delivery.message.message_id}"
+        if delivery.message is not None:
+            msg_id = f"{region}:{delivery.message.message_id}"
+        else:
+            assert delivery.rejection is not None
+            msg_id = f"{region}:rejected:{delivery.rejection.client_msg_id}"
         payload = delivery.model_dump_json().encode()
         delay_s = STARTUP_RETRY_S
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
@@ -214,6 +236,11 @@ class CoreWorker:
             return
         try:
             await sequencer.handle(envelope)
+        except ValueError as exc:
+            # The store refused the content itself: retrying cannot help.
+            log.error("core.invalid_message", sender=envelope.sender, error=str(exc))
+            await msg.term()
+            return
         except Exception:
             log.exception("core.handle_failed", sender=envelope.sender)
             await msg.nak(delay=1.0)
@@ -223,13 +250,24 @@ class CoreWorker:
     # ---- services ------------------------------------------------------------
 
     async def _on_sync(self, msg: Msg) -> None:
-        try:
+        async def answer() -> BaseModel:
             request = SyncRequest.model_validate_json(msg.data)
-            reply = await fetch_sync_page(self._store, request)
-            await msg.respond(reply.model_dump_json().encode())
-        except Exception as exc:
-            log.exception("core.sync_failed")
-            await msg.respond(ServiceError(error=str(exc)).model_dump_json().encode())
+            return await fetch_sync_page(self._store, request)
+
+        await _respond(msg, "sync", answer)
+
+    async def _on_groups(self, msg: Msg) -> None:
+        async def answer() -> BaseModel:
+            return await self._groups.handle(GroupRequest.model_validate_json(msg.data))
+
+        await _respond(msg, "groups", answer)
+
+    async def _on_presence(self, msg: Msg) -> None:
+        async def answer() -> BaseModel:
+            request = PresenceRequest.model_validate_json(msg.data)
+            return await self._presence.query(request)
+
+        await _respond(msg, "presence", answer)
 
     async def _on_user_exists(self, msg: Msg) -> None:
         await self._answer_user(msg, register=False)
@@ -238,17 +276,14 @@ class CoreWorker:
         await self._answer_user(msg, register=True)
 
     async def _answer_user(self, msg: Msg, register: bool) -> None:
-        try:
+        async def answer() -> BaseModel:
             user = UserId(UserRequest.model_validate_json(msg.data).user)
             if register:
                 await self._store.register_user(user)
             exists = register or await self._store.user_exists(user)
-            await msg.respond(
-                UserReply(user=user, exists=exists).model_dump_json().encode()
-            )
-        except Exception as exc:
-            log.exception("core.user_request_failed", register=register)
-            await msg.respond(ServiceError(error=str(exc)).model_dump_json().encode())
+            return UserReply(user=user, exists=exists)
+
+        await _respond(msg, "users", answer)
 
     async def _on_session_open(self, msg: Msg) -> None:
         try:
@@ -267,3 +302,23 @@ class CoreWorker:
     async def _on_health(self, msg: Msg) -> None:
         status = b'{"status":"ok"}' if self.ready.is_set() else b'{"status":"starting"}'
         await msg.respond(status)
+
+
+async def _respond(
+    msg: Msg, service: str, answer: Callable[[], Awaitable[BaseModel]]
+) -> None:
+    """Reply with `answer()`, or with a `ServiceError` carrying the error code."""
+    try:
+        reply: BaseModel = await answer()
+    except ClientError as exc:
+        log.info(
+            "core.request_rejected", service=service, code=exc.code, reason=exc.message
+        )
+        reply = ServiceError(error=exc.message, code=exc.code)
+    except ValidationError as exc:
+        log.warning("core.bad_request", service=service, error=str(exc))
+        reply = ServiceError(error=f"invalid request: {exc}", code="invalid_request")
+    except Exception as exc:
+        log.exception("core.request_failed", service=service)
+        reply = ServiceError(error=f"{type(exc).__name__}: {exc}")
+    await msg.respond(reply.model_dump_json().encode())

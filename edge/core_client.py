@@ -12,8 +12,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import BaseModel, ValidationError
 
 from core import subjects
-from core.errors import Unavailable
+from core.errors import CLIENT_ERRORS, Unavailable
 from core.schema import (
+    GroupReply,
+    GroupRequest,
+    PresenceReply,
+    PresenceRequest,
     ServiceError,
     SessionOpen,
     SyncReply,
@@ -29,6 +33,7 @@ REQUEST_TIMEOUT_S = 3.0
 # Users are never deleted, so a positive lookup is cached for good; a
 # negative one only briefly, because the user may register at any moment.
 NEGATIVE_TTL_S = 2.0
+MEMBER_TTL_S = 5.0
 
 
 class CoreClient:
@@ -38,6 +43,8 @@ class CoreClient:
         self._nc = nc
         self._known_users: set[str] = set()
         self._unknown_until: dict[str, float] = {}
+        # (user, group) -> monotonic time until which membership is assumed
+        self._members: dict[tuple[str, str], float] = {}
 
     async def user_exists(self, user: str) -> bool:
         if user in self._known_users:
@@ -70,6 +77,31 @@ class CoreClient:
     async def fetch_sync_page(self, request: SyncRequest) -> SyncReply:
         return await self._request(subjects.SERVICE_SYNC, request, SyncReply)
 
+    async def group(self, request: GroupRequest) -> GroupReply:
+        """Run a group operation; raise the core's `ClientError` if it is refused."""
+        reply = await self._request(subjects.SERVICE_GROUPS, request, GroupReply)
+        if request.op == "leave" or (request.op == "remove" and request.user):
+            self._members.pop((request.user or request.actor, request.group), None)
+        return reply
+
+    async def can_post(self, user: str, group: str) -> bool:
+        """Return whether `user` may post to `group`, cached for a few seconds.
+
+        The sequencer checks membership again when it commits, so a stale
+        answer here can only delay the refusal, never store a post.
+        """
+        key = (user, group)
+        if self._members.get(key, 0.0) > time.monotonic():
+            return True
+        request = GroupRequest(actor=user, op="can_post", group=group)
+        reply = await self._request(subjects.SERVICE_GROUPS, request, GroupReply)
+        if reply.allowed:
+            self._members[key] = time.monotonic() + MEMBER_TTL_S
+        return reply.allowed
+
+    async def presence(self, request: PresenceRequest) -> PresenceReply:
+        return await self._request(subjects.SERVICE_PRESENCE, request, PresenceReply)
+
     async def _request(
         self, subject: str, body: BaseModel, reply_type: type[ReplyT]
     ) -> ReplyT:
@@ -87,8 +119,9 @@ class CoreClient:
         try:
             return reply_type.model_validate_json(msg.data)
         except ValidationError:
-            error = ServiceError.model_validate_json(msg.data).error
-            log.warning("core_client.service_error", subject=subject, error=error)
-            raise Unavailable(
-                f"the core service failed ({error}); retry later"
-            ) from None
+            error = ServiceError.model_validate_json(msg.data)
+        client_error = CLIENT_ERRORS.get(error.code)
+        if client_error is not None:
+            raise client_error(error.error)
+        log.warning("core_client.service_error", subject=subject, error=error.error)
+        raise Unavailable(f"the core service failed ({error.error}); retry later")

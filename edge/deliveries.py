@@ -1,7 +1,8 @@
 """Fan deliveries out from the region's delivery stream to local connections.
 
-One copy of each delivery crosses from the hub to the region; every edge of
-the region reads it from the leaf and pushes it to the connections it holds.
+One copy of each delivery crosses from the hub to the region, however many
+recipients it has there; every edge of the region reads it from the leaf
+and pushes it to the connections it holds.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ import structlog
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from core.schema import CommittedEvent, Delivery, MessageEvent, MessageView
+from core.schema import (
+    CommittedEvent,
+    Delivery,
+    ErrorEvent,
+    MessageEvent,
+    MessageView,
+    StoredMessage,
+)
 from edge.sessions import LocalSessions
 
 log = structlog.get_logger(__name__)
@@ -22,6 +30,7 @@ class DeliveryFanout:
     def __init__(self, sessions: LocalSessions, edge: str) -> None:
         self._sessions = sessions
         self._edge = edge
+        self.deliveries_received = 0
 
     async def on_message(self, msg: Msg) -> None:
         try:
@@ -29,10 +38,13 @@ class DeliveryFanout:
         except ValidationError as exc:
             log.error("deliveries.invalid", subject=msg.subject, error=str(exc))
             return
+        self.deliveries_received += 1
         self.fan_out(delivery)
 
     def fan_out(self, delivery: Delivery) -> int:
         """Push `delivery` to every local connection of its recipients."""
+        if delivery.message is None:
+            return self._reject(delivery)
         message = delivery.message
         event = MessageEvent(message=MessageView.of(message)).model_dump_json()
         origin = delivery.origin
@@ -40,7 +52,7 @@ class DeliveryFanout:
         for user in delivery.recipients:
             for conn in self._sessions.connections_of(user):
                 if origin.edge == self._edge and conn.id == origin.connection:
-                    conn.push(_committed(delivery))
+                    conn.push(_committed(message))
                 else:
                     conn.push(event)
                 pushed += 1
@@ -49,9 +61,20 @@ class DeliveryFanout:
         )
         return pushed
 
+    def _reject(self, delivery: Delivery) -> int:
+        rejection = delivery.rejection
+        if rejection is None or delivery.origin.edge != self._edge:
+            return 0
+        event = ErrorEvent(
+            code=rejection.code, message=rejection.message, ref=rejection.client_msg_id
+        ).model_dump_json()
+        for conn in self._sessions.connections_of_id(delivery.origin.connection):
+            conn.push(event)
+            return 1
+        return 0
 
-def _committed(delivery: Delivery) -> str:
-    message = delivery.message
+
+def _committed(message: StoredMessage) -> str:
     return CommittedEvent(
         id=message.client_msg_id,
         message_id=str(message.message_id),

@@ -7,10 +7,10 @@ import json
 from pydantic import ValidationError
 
 from core.errors import ContentTooLarge, MalformedFrame
-from core.schema import CLIENT_FRAME, AuthFrame, PingFrame, SendFrame, SyncFrame
+from core.schema import CLIENT_FRAME, CLIENT_FRAME_TYPES, AnyClientFrame, SendFrame
 
-Frame = SendFrame | SyncFrame | PingFrame | AuthFrame
-FRAME_TYPES = "auth, send, sync, ping"
+Frame = AnyClientFrame
+FRAME_TYPES = ", ".join(CLIENT_FRAME_TYPES)
 
 
 def decode_frame(text: str) -> Frame:
@@ -25,7 +25,7 @@ def decode_frame(text: str) -> Frame:
         raise MalformedFrame(f"frame must be a JSON object, got {type(raw).__name__}")
     ref = raw.get("id") if isinstance(raw.get("id"), str) else None
     kind = raw.get("type")
-    if kind not in {"auth", "send", "sync", "ping"}:
+    if kind not in CLIENT_FRAME_TYPES:
         raise MalformedFrame(
             f"unknown frame type {kind!r}; expected one of: {FRAME_TYPES}", ref=ref
         )

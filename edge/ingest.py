@@ -17,7 +17,13 @@ from nats.js.api import PubAck
 from nats.js.errors import APIError
 
 from core import subjects
-from core.errors import InvalidRecipient, Unavailable, UnknownRecipient
+from core.errors import (
+    ClientError,
+    InvalidRecipient,
+    NotAMember,
+    Unavailable,
+    UnknownRecipient,
+)
 from core.schema import AcceptedEvent, IngestEnvelope, Origin, SendFrame
 from edge.core_client import CoreClient
 from edge.frames import check_content
@@ -50,16 +56,15 @@ class Ingest:
     ) -> AcceptedEvent:
         """Validate and store `frame`; raise a `ClientError` if it is rejected."""
         check_content(frame, self._max_content_bytes)
-        if frame.to == sender:
-            raise InvalidRecipient(
-                "you cannot send a message to yourself", ref=frame.id
-            )
-        if not await self._core.user_exists(frame.to):
-            raise UnknownRecipient(f"no user named {frame.to!r}", ref=frame.id)
+        if frame.group is not None:
+            await self._check_group(sender, frame.group, frame.id)
+        else:
+            await self._check_recipient(sender, frame.to or "", frame.id)
 
         envelope = IngestEnvelope(
             sender=sender,
             recipient=frame.to,
+            group=frame.group,
             client_msg_id=frame.id,
             content=frame.content,
             accepted_at_ms=time.time_ns() // 1_000_000,
@@ -68,6 +73,21 @@ class Ingest:
         ack = await self._publish(envelope, f"{sender}:{frame.id}")
         log.debug("ingest.accepted", sender=sender, client_msg_id=frame.id, seq=ack.seq)
         return AcceptedEvent(id=frame.id, duplicate=bool(ack.duplicate))
+
+    async def _check_recipient(self, sender: str, to: str, ref: str) -> None:
+        if to == sender:
+            raise InvalidRecipient("you cannot send a message to yourself", ref=ref)
+        if not await self._core.user_exists(to):
+            raise UnknownRecipient(f"no user named {to!r}", ref=ref)
+
+    async def _check_group(self, sender: str, group: str, ref: str) -> None:
+        try:
+            allowed = await self._core.can_post(sender, group)
+        except ClientError as exc:
+            exc.ref = ref
+            raise
+        if not allowed:
+            raise NotAMember(f"you are not a member of group {group!r}", ref=ref)
 
     async def _publish(self, envelope: IngestEnvelope, msg_id: str) -> PubAck:
         try:

@@ -1,35 +1,82 @@
-"""Batch the edge's sessions into one presence report per interval."""
+"""Presence at the edge: one report per interval up, changes fanned out down.
+
+Clients' heartbeats stop at the edge. Upwards the edge sends one
+`PresenceReport` per interval, with only the users who came or went (and a
+full list every `FULL_REPORT_EVERY` reports, so a registry that missed one
+recovers). Downwards the core publishes one batch of changes per interval,
+and the edge pushes each change to the local connections watching that user.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections import defaultdict
 
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from pydantic import ValidationError
 
 from core import subjects
-from core.schema import PresenceReport
-from edge.sessions import LocalSessions
+from core.schema import PresenceChanges, PresenceEvent, PresenceReport, UserPresence
+from edge.sessions import Connection, LocalSessions
 
 log = structlog.get_logger(__name__)
+
+FULL_REPORT_EVERY = 10
+
+
+def next_report(
+    sessions: LocalSessions, region: str, edge: str, report_seq: int
+) -> PresenceReport:
+    """Build the report number `report_seq` (counting from 1) from the sessions."""
+    came, went = sessions.take_changes()
+    full = report_seq % FULL_REPORT_EVERY == 1
+    return PresenceReport(
+        region=region,
+        edge=edge,
+        report_seq=report_seq,
+        full=full,
+        online=sessions.users() if full else came,
+        offline=[] if full else went,
+        sent_at_ms=time.time_ns() // 1_000_000,
+    )
 
 
 async def report_presence_forever(
     nc: Client, sessions: LocalSessions, region: str, edge: str, interval_s: float
 ) -> None:
-    """Publish a snapshot of local users every `interval_s` until cancelled."""
-    while True:
+    """Publish one presence report every `interval_s` until cancelled."""
+    for report_seq in itertools.count(1):
         try:
-            report = PresenceReport(
-                region=region,
-                edge=edge,
-                users=sessions.users(),
-                sent_at_ms=time.time_ns() // 1_000_000,
-            )
+            report = next_report(sessions, region, edge, report_seq)
             await nc.publish(
                 subjects.PRESENCE_REPORTS, report.model_dump_json().encode()
             )
         except Exception:
             log.exception("presence.report_failed", edge=edge)
         await asyncio.sleep(interval_s)
+
+
+class PresenceFanout:
+    """Push presence changes to the local connections that watch each user."""
+
+    def __init__(self, sessions: LocalSessions) -> None:
+        self._sessions = sessions
+
+    async def on_changes(self, msg: Msg) -> None:
+        try:
+            changes = PresenceChanges.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.error("presence.invalid_changes", error=str(exc))
+            return
+        per_connection: dict[str, tuple[Connection, list[UserPresence]]] = {}
+        grouped: defaultdict[str, list[UserPresence]] = defaultdict(list)
+        for change in changes.users:
+            for conn in self._sessions.watchers_of(change.user):
+                per_connection.setdefault(conn.id, (conn, grouped[conn.id]))
+                grouped[conn.id].append(change)
+        for conn, states in per_connection.values():
+            conn.push(PresenceEvent(users=states).model_dump_json())

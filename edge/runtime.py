@@ -16,7 +16,7 @@ from edge.affinity import owner_edge
 from edge.core_client import CoreClient
 from edge.deliveries import DeliveryFanout
 from edge.ingest import Ingest
-from edge.presence import report_presence_forever
+from edge.presence import PresenceFanout, report_presence_forever
 from edge.sessions import LocalSessions
 from sync.streams import ensure_region_streams
 from topology.model import Edge, Region, Topology
@@ -57,6 +57,7 @@ class EdgeRuntime:
         self._nc: Client | None = None
         self._core: CoreClient | None = None
         self._ingest: Ingest | None = None
+        self.fanout = DeliveryFanout(self.sessions, identity.edge.name)
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
 
@@ -81,14 +82,16 @@ class EdgeRuntime:
         self._ingest = Ingest(
             js, self._core, region, edge, ident.topology.limits.max_content_bytes
         )
-        fanout = DeliveryFanout(self.sessions, edge)
+        await self._nc.subscribe(
+            subjects.PRESENCE_CHANGES, cb=PresenceFanout(self.sessions).on_changes
+        )
         await js.subscribe(
             subjects.deliver_subject(region),
             stream=subjects.region_deliver_stream(region),
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.NEW,
             idle_heartbeat=DELIVERY_HEARTBEAT_S,
-            cb=fanout.on_message,
+            cb=self.fanout.on_message,
         )
         interval_s = ident.topology.presence.report_interval_s
         self._tasks.append(

@@ -27,6 +27,7 @@ class Connection:
         self.user = user
         self.outbox: asyncio.Queue[str | None] = asyncio.Queue(OUTBOX_LIMIT)
         self.overflowed = asyncio.Event()
+        self.watching: set[str] = set()
 
     def push(self, text: str) -> None:
         try:
@@ -49,25 +50,72 @@ class Connection:
 
 
 class LocalSessions:
-    """Connections on this edge, indexed by user."""
+    """Connections on this edge, indexed by user, with presence bookkeeping.
+
+    `take_changes` returns the users whose first connection opened or whose
+    last connection closed since the previous call: what the next presence
+    report carries.
+    """
 
     def __init__(self) -> None:
         self._by_user: dict[str, dict[str, Connection]] = {}
+        self._by_id: dict[str, Connection] = {}
+        self._watchers: dict[str, dict[str, Connection]] = {}
+        self._came: set[str] = set()
+        self._went: set[str] = set()
 
     def add(self, conn: Connection) -> None:
-        self._by_user.setdefault(conn.user, {})[conn.id] = conn
+        conns = self._by_user.setdefault(conn.user, {})
+        if not conns:
+            self._went.discard(conn.user)
+            self._came.add(conn.user)
+        conns[conn.id] = conn
+        self._by_id[conn.id] = conn
 
     def remove(self, conn: Connection) -> None:
+        self.unwatch_all(conn)
+        self._by_id.pop(conn.id, None)
         conns = self._by_user.get(conn.user, {})
         conns.pop(conn.id, None)
         if not conns:
             self._by_user.pop(conn.user, None)
+            self._came.discard(conn.user)
+            self._went.add(conn.user)
+
+    def take_changes(self) -> tuple[list[str], list[str]]:
+        came, went = sorted(self._came), sorted(self._went)
+        self._came.clear()
+        self._went.clear()
+        return came, went
 
     def connections_of(self, user: str) -> list[Connection]:
         return list(self._by_user.get(user, {}).values())
+
+    def connections_of_id(self, connection_id: str) -> list[Connection]:
+        """Return the connection with this id, if it is still open, as a list."""
+        conn = self._by_id.get(connection_id)
+        return [conn] if conn is not None else []
 
     def users(self) -> list[str]:
         return sorted(self._by_user)
 
     def count(self) -> int:
         return sum(len(conns) for conns in self._by_user.values())
+
+    # ---- presence subscriptions ---------------------------------------------
+
+    def watch(self, conn: Connection, users: list[str]) -> None:
+        for user in users:
+            self._watchers.setdefault(user, {})[conn.id] = conn
+            conn.watching.add(user)
+
+    def unwatch_all(self, conn: Connection) -> None:
+        for user in conn.watching:
+            watchers = self._watchers.get(user, {})
+            watchers.pop(conn.id, None)
+            if not watchers:
+                self._watchers.pop(user, None)
+        conn.watching.clear()
+
+    def watchers_of(self, user: str) -> list[Connection]:
+        return list(self._watchers.get(user, {}).values())

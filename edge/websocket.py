@@ -12,11 +12,14 @@ from core.errors import ClientError, InvalidToken, MalformedFrame, Unavailable
 from core.schema import (
     AuthFrame,
     ErrorEvent,
+    GroupFrame,
+    GroupsFrame,
     HelloEvent,
     MessageEvent,
     MessageView,
     PingFrame,
     PongEvent,
+    PresenceFrame,
     SendFrame,
     SessionOpen,
     SyncedEvent,
@@ -25,6 +28,7 @@ from core.schema import (
 )
 from core.tokens import verify_token
 from edge.frames import decode_frame
+from edge.requests import handle_group, handle_groups, handle_presence
 from edge.runtime import EdgeRuntime
 from edge.sessions import Connection
 
@@ -164,6 +168,12 @@ async def _handle_frame(runtime: EdgeRuntime, conn: Connection, text: str) -> No
         await _sync(runtime, conn, frame.cursors)
     elif isinstance(frame, PingFrame):
         conn.push(PongEvent().model_dump_json())
+    elif isinstance(frame, GroupFrame):
+        conn.push((await handle_group(runtime, conn.user, frame)).model_dump_json())
+    elif isinstance(frame, GroupsFrame):
+        conn.push((await handle_groups(runtime, conn.user, frame)).model_dump_json())
+    elif isinstance(frame, PresenceFrame):
+        conn.push((await handle_presence(runtime, conn, frame)).model_dump_json())
     else:
         raise MalformedFrame(
             "already authenticated; auth is only valid as the first frame"

@@ -14,6 +14,7 @@ from core.tokens import load_secret, mint_token
 from topology.launcher import Mesh
 from topology.model import Topology, parse_topology
 
+pytest_plugins = ["tests.cql_fixtures"]
 
 
 def small_topology(
@@ -32,7 +33,7 @@ def small_topology(
         "hub": {"nodes": [{"name": "hub-1"}]},
         "regions": regions,
         "presence": {"report_interval_s": 0.2, "offline_timeout_s": 2.0},
-        "dev_users": ["alice", "bob", "carol", "dave"],
+        "dev_users": ["alice", "bob", "carol", "dave", "erin"],
         **extra,
     }
     return parse_topology(raw)

@@ -16,8 +16,7 @@ from core.ids import (
     direct_conversation,
     message_id_time_ms,
 )
-from core.schema import PresenceReport, SessionOpen, StoredMessage, SyncRequest
-from core.sessions import SessionRegistry
+from core.schema import StoredMessage, SyncRequest
 from core.store.sqlite import SqliteStore
 from core.tokens import ensure_secret, load_secret, mint_token, verify_token
 from edge.affinity import owner_edge
@@ -68,34 +67,6 @@ def test_affinity_is_stable_and_moves_only_removed_edge_users() -> None:
     after = {u: owner_edge(u, ["e1", "e3"]) for u in users}
     moved = [u for u in users if owners[u] != after[u]]
     assert all(owners[u] == "e2" for u in moved)
-
-
-def test_registry_routes_everywhere_while_warming_up() -> None:
-    clock = FakeClock()
-    registry = SessionRegistry(["eu", "us"], offline_timeout_s=10, clock=clock)
-    assert registry.regions_of("alice") == {"eu", "us"}
-    clock.now += 11
-    assert registry.regions_of("alice") == set()
-
-
-def test_registry_keeps_region_until_timeout() -> None:
-    clock = FakeClock()
-    registry = SessionRegistry(["eu", "us"], offline_timeout_s=10, clock=clock)
-    clock.now += 11
-    registry.on_open(SessionOpen(user="alice", region="eu", edge="eu-1"))
-    registry.on_report(
-        PresenceReport(region="us", edge="us-1", users=["alice"], sent_at_ms=0)
-    )
-    assert registry.regions_of("alice") == {"eu", "us"}
-    clock.now += 5
-    registry.on_report(
-        PresenceReport(region="us", edge="us-1", users=["alice"], sent_at_ms=0)
-    )
-    clock.now += 6
-    assert registry.regions_of("alice") == {"us"}
-    clock.now += 11
-    assert registry.regions_of("alice") == set()
-    assert registry.forget_expired() == 1
 
 
 def test_tokens_round_trip_and_reject(tmp_path: Path) -> None:

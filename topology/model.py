@@ -107,7 +107,8 @@ class Limits(_Frozen):
     """Per-message and per-group limits enforced at the edge and the core."""
 
     max_content_bytes: int = Field(default=4096, ge=1, le=65536)
-    max_group_members: int = Field(default=199, ge=2, le=10_000)
+    # A group holds fewer members than this: the join that would reach it fails.
+    group_size_limit: int = Field(default=200, ge=2, le=10_000)
 
 
 class Presence(_Frozen):

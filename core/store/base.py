@@ -2,7 +2,7 @@
 
 The interface asks only for what ScyllaDB does well: single-partition reads
 in clustering order, idempotent upserts, and one atomic multi-row write per
-message (a logged batch in Scylla, a transaction in SQLite). There are no
+change (a logged batch in Scylla, a transaction in SQLite). There are no
 cross-partition scans, no joins and no counters that need read-modify-write:
 the sequencer is the single writer of each conversation's sequence.
 """
@@ -10,14 +10,102 @@ the sequencer is the single writer of each conversation's sequence.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+from core.errors import ChatmeshError
 from core.ids import ConversationId, UserId
-from core.schema import StoredMessage
+from core.schema import GroupRole, StoredMessage
+
+# Edges enforce a smaller, configurable limit; this one guards the store.
+MAX_CONTENT_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ConversationPosition:
+    """Where a user stands in one conversation.
+
+    The user may read seqs from `from_seq` through `until_seq` (inclusive;
+    None means no end) of a conversation whose latest seq is `last_seq`.
+    A group member removed at seq S has `until_seq` S; one added at S has
+    `from_seq` S.
+    """
+
+    last_seq: int
+    from_seq: int = 1
+    until_seq: int | None = None
+
+    @property
+    def readable_last(self) -> int:
+        """Return the highest seq this user may read."""
+        if self.until_seq is None:
+            return self.last_seq
+        return min(self.last_seq, self.until_seq)
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    group: str
+    name: str
+    owner: UserId
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class MemberChange:
+    """A membership change committed with the event message at `seq`.
+
+    `role` None removes the member: they may read up to `seq` and nothing
+    after. A role adds the member (or changes their role): they may read
+    from `seq` on.
+    """
+
+    group: str
+    user: UserId
+    role: GroupRole | None
+    seq: int
+
+
+class InvalidMessageContent(ChatmeshError, ValueError):
+    """A message's text is not valid UTF-8 or is over `MAX_CONTENT_BYTES`."""
+
+
+def validate_message(message: StoredMessage, members: Sequence[UserId]) -> None:
+    """Raise `ValueError` for a message the store must not send to the cluster.
+
+    Content must encode as UTF-8 (a Python string with lone surrogates does
+    not) and take at most `MAX_CONTENT_BYTES` bytes. Raises
+    `InvalidMessageContent` for bad content.
+    """
+    where = f"{message.conversation}#{message.seq}"
+    try:
+        size = len(message.content.encode("utf-8"))
+    except UnicodeEncodeError as error:
+        raise InvalidMessageContent(
+            f"content of message {where} is not valid UTF-8: {error.reason} at "
+            f"character {error.start}. Reject the message before it is sequenced"
+        ) from error
+    if size > MAX_CONTENT_BYTES:
+        raise InvalidMessageContent(
+            f"content of message {where} is {size} bytes of UTF-8, over the "
+            f"maximum of {MAX_CONTENT_BYTES} bytes"
+        )
+    if message.seq < 1:
+        raise ValueError(f"message {where} has seq {message.seq}; sequences start at 1")
+    ids = [message.conversation, message.sender, message.client_msg_id, *members]
+    if message.target is not None:
+        ids.append(message.target)
+    for text in ids:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"id {text!r} of message {where} is not valid UTF-8"
+            ) from error
 
 
 class MessageStore(ABC):
-    """Storage of users, committed messages and per-user conversation lists.
+    """Storage of users, committed messages, groups and presence.
 
     Every write is idempotent: repeating it with the same values leaves the
     store as one write would. Backends raise `core.errors.StoreError` for
@@ -31,12 +119,24 @@ class MessageStore(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    # ---- users ---------------------------------------------------------------
+
     @abstractmethod
     async def register_user(self, user: UserId) -> None:
         """Record that `user` exists; registering again changes nothing."""
 
     @abstractmethod
     async def user_exists(self, user: UserId) -> bool: ...
+
+    @abstractmethod
+    async def record_last_seen(self, seen: dict[UserId, int]) -> None:
+        """Store each user's last-seen time in Unix milliseconds."""
+
+    @abstractmethod
+    async def fetch_last_seen(self, users: Iterable[UserId]) -> dict[UserId, int]:
+        """Return the stored last-seen times of those users that have one."""
+
+    # ---- messages ------------------------------------------------------------
 
     @abstractmethod
     async def append_message(
@@ -46,7 +146,8 @@ class MessageStore(ABC):
 
         In one atomic write: the message row at (conversation, seq), the
         (sender, client_msg_id) key that maps to it, the conversation's last
-        sequence, and the conversation in the lists of `members`. The caller
+        sequence, and the conversation in the lists of `members` (readable
+        from seq 1; pass no members for group messages). The caller
         guarantees that `seq` is the conversation's next sequence.
         """
 
@@ -61,8 +162,10 @@ class MessageStore(ABC):
         """Return the conversation's highest stored sequence, 0 when empty."""
 
     @abstractmethod
-    async def fetch_conversations(self, user: UserId) -> dict[ConversationId, int]:
-        """Return every conversation of `user` with its last sequence."""
+    async def fetch_conversations(
+        self, user: UserId
+    ) -> dict[ConversationId, ConversationPosition]:
+        """Return every conversation `user` belongs or belonged to."""
 
     @abstractmethod
     async def fetch_messages_after(
@@ -75,3 +178,30 @@ class MessageStore(ABC):
         self, conversation: ConversationId, limit: int
     ) -> list[StoredMessage]:
         """Return the latest `limit` messages of a conversation, ascending."""
+
+    # ---- groups --------------------------------------------------------------
+
+    @abstractmethod
+    async def create_group(self, group: GroupRecord) -> bool:
+        """Create the group; return False, changing nothing, if it exists."""
+
+    @abstractmethod
+    async def fetch_group(self, group: str) -> GroupRecord | None: ...
+
+    @abstractmethod
+    async def fetch_members(self, group: str) -> dict[UserId, GroupRole]: ...
+
+    @abstractmethod
+    async def fetch_groups_of(self, user: UserId) -> dict[str, GroupRole]:
+        """Return the groups `user` is a member of now, with their roles."""
+
+    @abstractmethod
+    async def apply_member_change(
+        self, event: StoredMessage, change: MemberChange
+    ) -> None:
+        """Store the event message and the membership change in one atomic write.
+
+        The event is stored as `append_message` would store it with no
+        members; the change updates the member list, the user's group list
+        and the user's readable range of the group's conversation.
+        """

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 import structlog
 
 from core.errors import StoreError
 from core.ids import ConversationId, UserId
-from core.schema import StoredMessage
-from core.store.base import MessageStore
+from core.schema import GroupRole, StoredMessage
+from core.store.base import (
+    ConversationPosition,
+    GroupRecord,
+    MemberChange,
+    MessageStore,
+    validate_message,
+)
 
 log = structlog.get_logger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
-    user_id TEXT PRIMARY KEY
+    user_id TEXT PRIMARY KEY,
+    last_seen_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS messages (
     conversation TEXT NOT NULL,
@@ -28,6 +37,8 @@ CREATE TABLE IF NOT EXISTS messages (
     content TEXT NOT NULL,
     timestamp_ms INTEGER NOT NULL,
     client_msg_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT,
     PRIMARY KEY (conversation, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS client_ids (
@@ -44,15 +55,39 @@ CREATE TABLE IF NOT EXISTS conversations (
 CREATE TABLE IF NOT EXISTS user_conversations (
     user_id TEXT NOT NULL,
     conversation TEXT NOT NULL,
+    from_seq INTEGER NOT NULL,
+    until_seq INTEGER,
     PRIMARY KEY (user_id, conversation)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+    group_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    role TEXT NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS group_members_by_user ON group_members (user_id);
 """
 
-_COLUMNS = (
-    "message_id, conversation, seq, sender, recipient, content, timestamp_ms, "
-    "client_msg_id"
+_MESSAGE_COLUMNS = (
+    "message_id",
+    "conversation",
+    "seq",
+    "sender",
+    "recipient",
+    "content",
+    "timestamp_ms",
+    "client_msg_id",
+    "kind",
+    "target",
 )
-_VALUES = ", ".join("?" * len(_COLUMNS.split(",")))
+_COLUMNS = ", ".join(_MESSAGE_COLUMNS)
+_VALUES = ", ".join("?" * len(_MESSAGE_COLUMNS))
 
 
 class SqliteStore(MessageStore):
@@ -61,6 +96,8 @@ class SqliteStore(MessageStore):
     def __init__(self, path: Path) -> None:
         self._path = path
         self._db: aiosqlite.Connection | None = None
+        # One connection serves every caller: transactions must not interleave.
+        self._write_lock = asyncio.Lock()
 
     async def _conn(self) -> aiosqlite.Connection:
         if self._db is None:
@@ -85,116 +122,213 @@ class SqliteStore(MessageStore):
             await self._db.close()
             self._db = None
 
-    async def register_user(self, user: UserId) -> None:
+    async def _fetchall(self, query: str, args: Sequence[Any]) -> list[Any]:
         db = await self._conn()
-        await db.execute("INSERT OR IGNORE INTO users (user_id) VALUES (?)", (user,))
-        await db.commit()
+        async with db.execute(query, args) as cur:
+            return list(await cur.fetchall())
+
+    async def _write(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], what: str
+    ) -> None:
+        """Run `statements` in one transaction; raise `StoreError` on failure."""
+        db = await self._conn()
+        async with self._write_lock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                for query, args in statements:
+                    await db.execute(query, args)
+                await db.commit()
+            except aiosqlite.Error as exc:
+                await db.rollback()
+                raise StoreError(f"{what} failed: {exc}") from exc
+
+    # ---- users ---------------------------------------------------------------
+
+    async def register_user(self, user: UserId) -> None:
+        query = "INSERT OR IGNORE INTO users (user_id) VALUES (?)"
+        await self._write([(query, (user,))], f"register of {user}")
 
     async def user_exists(self, user: UserId) -> bool:
-        db = await self._conn()
-        async with db.execute("SELECT 1 FROM users WHERE user_id = ?", (user,)) as cur:
-            return await cur.fetchone() is not None
+        rows = await self._fetchall("SELECT 1 FROM users WHERE user_id = ?", (user,))
+        return bool(rows)
+
+    async def record_last_seen(self, seen: dict[UserId, int]) -> None:
+        query = (
+            "UPDATE users SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?) "
+            "WHERE user_id = ?"
+        )
+        statements = [(query, (ms, user)) for user, ms in seen.items()]
+        await self._write(statements, "last-seen update")
+
+    async def fetch_last_seen(self, users: Iterable[UserId]) -> dict[UserId, int]:
+        wanted = list(users)
+        if not wanted:
+            return {}
+        marks = ", ".join("?" * len(wanted))
+        query = (
+            f"SELECT user_id, last_seen_ms FROM users WHERE user_id IN ({marks}) "
+            "AND last_seen_ms IS NOT NULL"
+        )
+        rows = await self._fetchall(query, wanted)
+        return {UserId(row[0]): int(row[1]) for row in rows}
+
+    # ---- messages ------------------------------------------------------------
 
     async def append_message(
         self, message: StoredMessage, members: Sequence[UserId]
     ) -> None:
-        db = await self._conn()
-        m = message
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-            await db.execute(
-                f"INSERT OR REPLACE INTO messages ({_COLUMNS}) VALUES ({_VALUES})",
-                (
-                    m.message_id,
-                    m.conversation,
-                    m.seq,
-                    m.sender,
-                    m.recipient,
-                    m.content,
-                    m.timestamp_ms,
-                    m.client_msg_id,
-                ),
-            )
-            await db.execute(
-                "INSERT OR REPLACE INTO client_ids VALUES (?,?,?,?)",
-                (m.sender, m.client_msg_id, m.conversation, m.seq),
-            )
-            await db.execute(
-                "INSERT INTO conversations VALUES (?, ?) ON CONFLICT (conversation) "
-                "DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
-                (m.conversation, m.seq),
-            )
-            await db.executemany(
-                "INSERT OR IGNORE INTO user_conversations VALUES (?, ?)",
-                [(user, m.conversation) for user in members],
-            )
-            await db.commit()
-        except aiosqlite.Error as exc:
-            await db.rollback()
-            raise StoreError(
-                f"append of {m.conversation}#{m.seq} failed: {exc}"
-            ) from exc
+        validate_message(message, members)
+        statements = _message_statements(message)
+        membership = "INSERT OR IGNORE INTO user_conversations VALUES (?, ?, 1, NULL)"
+        statements += [(membership, (user, message.conversation)) for user in members]
+        await self._write(statements, f"append of {message.conversation}#{message.seq}")
 
     async def fetch_by_client_id(
         self, sender: UserId, client_msg_id: str
     ) -> StoredMessage | None:
-        db = await self._conn()
         query = (
             f"SELECT {_prefixed('m.')} FROM client_ids c JOIN messages m "
             "ON m.conversation = c.conversation AND m.seq = c.seq "
             "WHERE c.sender = ? AND c.client_msg_id = ?"
         )
-        async with db.execute(query, (sender, client_msg_id)) as cur:
-            row = await cur.fetchone()
-        return _to_message(row) if row else None
+        rows = await self._fetchall(query, (sender, client_msg_id))
+        return _to_message(rows[0]) if rows else None
 
     async def fetch_last_seq(self, conversation: ConversationId) -> int:
-        db = await self._conn()
         query = "SELECT last_seq FROM conversations WHERE conversation = ?"
-        async with db.execute(query, (conversation,)) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+        rows = await self._fetchall(query, (conversation,))
+        return int(rows[0][0]) if rows else 0
 
-    async def fetch_conversations(self, user: UserId) -> dict[ConversationId, int]:
-        db = await self._conn()
+    async def fetch_conversations(
+        self, user: UserId
+    ) -> dict[ConversationId, ConversationPosition]:
         query = (
-            "SELECT u.conversation, coalesce(c.last_seq, 0) FROM user_conversations u "
+            "SELECT u.conversation, coalesce(c.last_seq, 0), u.from_seq, u.until_seq "
+            "FROM user_conversations u "
             "LEFT JOIN conversations c ON c.conversation = u.conversation "
             "WHERE u.user_id = ?"
         )
-        async with db.execute(query, (user,)) as cur:
-            rows = await cur.fetchall()
-        return {ConversationId(row[0]): int(row[1]) for row in rows}
+        rows = await self._fetchall(query, (user,))
+        return {
+            ConversationId(row[0]): ConversationPosition(
+                last_seq=int(row[1]), from_seq=int(row[2]), until_seq=row[3]
+            )
+            for row in rows
+        }
 
     async def fetch_messages_after(
         self, conversation: ConversationId, after_seq: int, limit: int
     ) -> list[StoredMessage]:
-        db = await self._conn()
         query = (
             f"SELECT {_COLUMNS} FROM messages WHERE conversation = ? AND seq > ? "
             "ORDER BY seq LIMIT ?"
         )
-        async with db.execute(query, (conversation, after_seq, limit)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._fetchall(query, (conversation, after_seq, limit))
         return [_to_message(row) for row in rows]
 
     async def fetch_latest(
         self, conversation: ConversationId, limit: int
     ) -> list[StoredMessage]:
-        db = await self._conn()
         query = (
             f"SELECT {_COLUMNS} FROM messages WHERE conversation = ? "
             "ORDER BY seq DESC LIMIT ?"
         )
-        async with db.execute(query, (conversation, limit)) as cur:
-            rows = await cur.fetchall()
-        return [_to_message(row) for row in reversed(list(rows))]
+        rows = await self._fetchall(query, (conversation, limit))
+        return [_to_message(row) for row in reversed(rows)]
+
+    # ---- groups --------------------------------------------------------------
+
+    async def create_group(self, group: GroupRecord) -> bool:
+        db = await self._conn()
+        async with self._write_lock:
+            try:
+                cur = await db.execute(
+                    "INSERT OR IGNORE INTO groups VALUES (?, ?, ?, ?)",
+                    (group.group, group.name, group.owner, group.created_ms),
+                )
+                await db.commit()
+            except aiosqlite.Error as exc:
+                raise StoreError(
+                    f"create of group {group.group} failed: {exc}"
+                ) from exc
+        return cur.rowcount == 1
+
+    async def fetch_group(self, group: str) -> GroupRecord | None:
+        query = (
+            "SELECT group_id, name, owner, created_ms FROM groups WHERE group_id = ?"
+        )
+        rows = await self._fetchall(query, (group,))
+        if not rows:
+            return None
+        group_id, name, owner, created_ms = rows[0]
+        return GroupRecord(group_id, name, UserId(owner), int(created_ms))
+
+    async def fetch_members(self, group: str) -> dict[UserId, GroupRole]:
+        query = "SELECT user_id, role FROM group_members WHERE group_id = ?"
+        rows = await self._fetchall(query, (group,))
+        return {UserId(row[0]): row[1] for row in rows}
+
+    async def fetch_groups_of(self, user: UserId) -> dict[str, GroupRole]:
+        query = "SELECT group_id, role FROM group_members WHERE user_id = ?"
+        rows = await self._fetchall(query, (user,))
+        return {row[0]: row[1] for row in rows}
+
+    async def apply_member_change(
+        self, event: StoredMessage, change: MemberChange
+    ) -> None:
+        validate_message(event, [change.user])
+        statements = _message_statements(event)
+        conversation = event.conversation
+        if change.role is None:
+            statements += [
+                (
+                    "DELETE FROM group_members WHERE group_id = ? AND user_id = ?",
+                    (change.group, change.user),
+                ),
+                (
+                    "UPDATE user_conversations SET until_seq = ? "
+                    "WHERE user_id = ? AND conversation = ?",
+                    (change.seq, change.user, conversation),
+                ),
+            ]
+        else:
+            statements += [
+                (
+                    "INSERT OR REPLACE INTO group_members VALUES (?, ?, ?)",
+                    (change.group, change.user, change.role),
+                ),
+                (
+                    "INSERT INTO user_conversations VALUES (?, ?, ?, NULL) "
+                    "ON CONFLICT (user_id, conversation) DO UPDATE SET "
+                    "from_seq = CASE WHEN until_seq IS NULL THEN from_seq "
+                    "ELSE excluded.from_seq END, until_seq = NULL",
+                    (change.user, conversation, change.seq),
+                ),
+            ]
+        await self._write(statements, f"member change in {change.group}#{change.seq}")
+
+
+def _message_statements(m: StoredMessage) -> list[tuple[str, Sequence[Any]]]:
+    return [
+        (
+            f"INSERT OR REPLACE INTO messages ({_COLUMNS}) VALUES ({_VALUES})",
+            tuple(getattr(m, column) for column in _MESSAGE_COLUMNS),
+        ),
+        (
+            "INSERT OR REPLACE INTO client_ids VALUES (?, ?, ?, ?)",
+            (m.sender, m.client_msg_id, m.conversation, m.seq),
+        ),
+        (
+            "INSERT INTO conversations VALUES (?, ?) ON CONFLICT (conversation) "
+            "DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            (m.conversation, m.seq),
+        ),
+    ]
 
 
 def _prefixed(prefix: str) -> str:
-    return ", ".join(prefix + col.strip() for col in _COLUMNS.split(","))
+    return ", ".join(prefix + column for column in _MESSAGE_COLUMNS)
 
 
 def _to_message(row: Sequence[object]) -> StoredMessage:
-    keys = [col.strip() for col in _COLUMNS.split(",")]
-    return StoredMessage.model_validate(dict(zip(keys, row, strict=True)))
+    return StoredMessage.model_validate(dict(zip(_MESSAGE_COLUMNS, row, strict=True)))

@@ -1,0 +1,66 @@
+"""Group and presence requests, shared by every transport of the edge."""
+
+from __future__ import annotations
+
+from core.errors import ClientError, NotAuthorized
+from core.schema import (
+    GroupEvent,
+    GroupFrame,
+    GroupRequest,
+    GroupsEvent,
+    GroupsFrame,
+    PresenceEvent,
+    PresenceFrame,
+    PresenceRequest,
+)
+from edge.runtime import EdgeRuntime
+from edge.sessions import Connection
+
+
+async def handle_group(
+    runtime: EdgeRuntime, user: str, frame: GroupFrame
+) -> GroupEvent:
+    """Forward a group operation to the core; raise its `ClientError` if refused."""
+    request = GroupRequest(
+        actor=user,
+        op=frame.op,
+        group=frame.group,
+        user=frame.user,
+        name=frame.name,
+        members=frame.members,
+    )
+    try:
+        reply = await runtime.core.group(request)
+    except ClientError as exc:
+        exc.ref = frame.id
+        raise
+    assert reply.group is not None
+    return GroupEvent(ref=frame.id, group=reply.group)
+
+
+async def handle_groups(
+    runtime: EdgeRuntime, user: str, frame: GroupsFrame
+) -> GroupsEvent:
+    reply = await runtime.core.group(GroupRequest(actor=user, op="list"))
+    return GroupsEvent(ref=frame.id, groups=reply.groups)
+
+
+async def handle_presence(
+    runtime: EdgeRuntime, conn: Connection, frame: PresenceFrame
+) -> PresenceEvent:
+    """Return the users' states and subscribe `conn` to them if asked.
+
+    Raises `NotAuthorized`, answering and subscribing nothing, when some
+    requested users are neither contacts nor group peers.
+    """
+    request = PresenceRequest(actor=conn.user, users=frame.users)
+    reply = await runtime.core.presence(request)
+    if reply.denied:
+        denied = ", ".join(reply.denied)
+        raise NotAuthorized(
+            f"you may see the presence of contacts and group peers only, not: {denied}",
+            ref=frame.id,
+        )
+    if frame.subscribe:
+        runtime.sessions.watch(conn, [state.user for state in reply.users])
+    return PresenceEvent(ref=frame.id, users=reply.users)
