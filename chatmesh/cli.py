@@ -63,10 +63,16 @@ def main(log_level: str) -> None:
 def up(topology_file: Path | None, run_dir: Path, store: str | None) -> None:
     """Start a whole mesh on this machine and run it until Ctrl-C or SIGTERM."""
     topology = _load(topology_file)
-    if store is not None:
+    if store == "scylla":
+        # Without a running cluster to point at, start one node per region here.
+        scylla = topology.store.scylla.model_copy(update={"local_nodes": True})
+        update = {"backend": "scylla", "scylla": scylla}
         topology = topology.model_copy(
-            update={"store": topology.store.model_copy(update={"backend": store})}
+            update={"store": topology.store.model_copy(update=update)}
         )
+    elif store == "sqlite":
+        store_update = topology.store.model_copy(update={"backend": "sqlite"})
+        topology = topology.model_copy(update={"store": store_update})
     try:
         asyncio.run(_run_mesh(topology, run_dir))
     except ProcessFailed as exc:

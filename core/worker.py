@@ -65,7 +65,7 @@ class CoreWorker:
         self._worker_id = worker_id
         self._regions = [r.name for r in topology.regions]
         self._store: MessageStore = open_store(
-            topology.store, topology.regions, topology.regions[0].name, base_dir
+            topology.store, topology.regions, topology.core_store_region, base_dir
         )
         self._registry = SessionRegistry(
             self._regions, topology.presence.offline_timeout_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,20 +50,47 @@ def start_mesh(topology: Topology, run_dir: Path) -> Mesh:
     return mesh
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    """A two-region mesh shared by the tests of one module."""
-    run = start_mesh(small_topology(), tmp_path_factory.mktemp("mesh"))
+STORE_BACKENDS = [
+    pytest.param("sqlite"),
+    pytest.param("scylla", marks=pytest.mark.cassandra),
+]
+
+
+def store_settings(request: pytest.FixtureRequest, backend: str) -> dict[str, Any]:
+    """Return the topology's `store` section for `backend`.
+
+    Scylla meshes use the session's two-datacenter Cassandra cluster, one
+    datacenter per region, each mesh in a keyspace of its own.
+    """
+    if backend == "sqlite":
+        return {"backend": "sqlite"}
+    cluster = request.getfixturevalue("cql_cluster_two_dc")
+    scylla = {
+        "contact_points": cluster.contact_points,
+        "port": cluster.port,
+        "keyspace": f"mesh_{uuid.uuid4().hex[:12]}",
+    }
+    return {"backend": "scylla", "scylla": scylla}
+
+
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
+def mesh(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mesh]:
+    """A two-region mesh shared by the tests of one module, once per store backend."""
+    topology = small_topology(store=store_settings(request, request.param))
+    run = start_mesh(topology, tmp_path_factory.mktemp(f"mesh-{request.param}"))
     try:
         yield run
     finally:
         run.stop()
 
 
-@pytest.fixture
-def fresh_mesh(tmp_path: Path) -> Iterator[Mesh]:
+@pytest.fixture(params=STORE_BACKENDS)
+def fresh_mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mesh]:
     """A two-region mesh of its own, for tests that stop or kill processes."""
-    run = start_mesh(small_topology(), tmp_path / "mesh")
+    topology = small_topology(store=store_settings(request, request.param))
+    run = start_mesh(topology, tmp_path / "mesh")
     try:
         yield run
     finally:

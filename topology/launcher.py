@@ -8,6 +8,7 @@ file.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -21,6 +22,7 @@ import structlog
 from core import subjects
 from core.natsconn import connect_nats
 from core.tokens import ensure_secret
+from topology.cql_server import CqlNode, CqlNodeSpec, start_cluster
 from topology.model import Edge, Region, Topology
 from topology.processes import ManagedProcess
 from topology.render import (
@@ -67,7 +69,16 @@ def resolve_ports(topology: Topology) -> Topology:
         _fill(leaf, ["client_port", "monitor_port"])
         for edge in region["edges"]:
             _fill(edge, ["port"])
+    scylla = data["store"]["scylla"]
+    if scylla["local_nodes"]:
+        scylla["contact_points"] = local_cql_addresses(len(data["regions"]))
+        _fill(scylla, ["port", "storage_port"])
     return Topology.model_validate(data)
+
+
+def local_cql_addresses(count: int) -> list[str]:
+    """Return the loopback address of each local Cassandra node, one per region."""
+    return [f"127.0.0.{i + 1}" for i in range(count)]
 
 
 def _fill(item: dict[str, Any], keys: list[str]) -> None:
@@ -96,6 +107,8 @@ class Mesh:
         self.topology = resolve_ports(topology)
         self.layout = RunLayout(run_dir)
         self.processes: dict[str, ManagedProcess] = {}
+        self.cql_nodes: dict[str, CqlNode] = {}
+        self._cql_specs = self._cql_node_specs()
         self._build_processes()
 
     # ---- building ------------------------------------------------------------
@@ -120,6 +133,31 @@ class Mesh:
         for region in topo.regions:
             for edge in region.edges:
                 self._add_edge(region, edge)
+
+    def _cql_node_specs(self) -> list[CqlNodeSpec]:
+        scylla = self.topology.store.scylla
+        if self.topology.store.backend != "scylla" or not scylla.local_nodes:
+            return []
+        addresses = scylla.contact_points
+        seed = f"{addresses[0]}:{scylla.storage_port}"
+        step = 2**64 // len(addresses)
+        return [
+            CqlNodeSpec(
+                name=f"cql-{region.name}",
+                address=address,
+                native_port=scylla.port,
+                storage_port=scylla.storage_port,
+                datacenter=region.name,
+                token=-(2**63) + i * step,
+                work_dir=self.layout.root / "cql" / region.name,
+                seeds=(seed,),
+                heap_mb=scylla.local_heap_mb,
+                cluster_name=self.topology.name,
+            )
+            for i, (region, address) in enumerate(
+                zip(self.topology.regions, addresses, strict=True)
+            )
+        ]
 
     def _add_nats(self, name: str, conf: Path, monitor_url: str) -> None:
         async def healthy() -> bool:
@@ -183,6 +221,9 @@ class Mesh:
         log.info(
             "mesh.starting", topology=self.topology.name, run_dir=str(self.layout.root)
         )
+        if self._cql_specs:
+            nodes = await asyncio.to_thread(start_cluster, self._cql_specs)
+            self.cql_nodes = {node.spec.name: node for node in nodes}
         for name, proc in self.processes.items():
             proc.start()
             timeout = (
@@ -199,6 +240,8 @@ class Mesh:
         log.info("mesh.stopping")
         for proc in reversed(list(self.processes.values())):
             proc.stop()
+        for node in reversed(list(self.cql_nodes.values())):
+            node.stop()
         log.info("mesh.stopped")
 
     async def restart(self, name: str) -> None:

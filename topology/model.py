@@ -17,6 +17,8 @@ from core.errors import ChatmeshError
 
 NAME_PATTERN = r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+# CQL identifiers: hyphens are not allowed unquoted.
+KEYSPACE_PATTERN = r"^[a-z][a-z0-9_]{0,47}$"
 # Port 0 means "pick a free loopback port when the mesh starts".
 Port = Annotated[int, Field(ge=0, le=65535)]
 
@@ -82,17 +84,33 @@ class Region(_Frozen):
 
 
 class Core(_Frozen):
-    """The core workers: sequencer, router, session registry and sync service."""
+    """The core workers: sequencer, router, session registry and sync service.
 
+    `store_region` is the store datacenter the core reads and writes in
+    (default: the first region); it should be the one nearest the hub.
+    """
+
+    # NOTE: one worker sequences every conversation; partitioning
+    # conversations over several workers is not built yet.
     workers: int = Field(default=1, ge=1, le=1)
+    store_region: Name | None = None
 
 
 class ScyllaStore(_Frozen):
-    """Connection settings for the ScyllaDB (or Cassandra) backend."""
+    """Connection settings for the ScyllaDB (or Cassandra) backend.
+
+    With `local_nodes`, `chatmesh up` starts one Cassandra node per region on
+    this machine (region i on 127.0.0.(i+1), all on `port`), each its own
+    datacenter, and connects to them; otherwise it connects to
+    `contact_points`.
+    """
 
     contact_points: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
     port: Port = 9042
-    keyspace: Name = "chatmesh"
+    local_nodes: bool = False
+    storage_port: Port = 7000
+    local_heap_mb: int = Field(default=768, ge=256, le=32768)
+    keyspace: Annotated[str, Field(pattern=KEYSPACE_PATTERN)] = "chatmesh"
 
 
 class Store(_Frozen):
@@ -135,9 +153,20 @@ class Topology(_Frozen):
         _require_unique("regions", [r.name for r in self.regions])
         _require_unique("hub.nodes", [n.name for n in self.hub.nodes])
         _require_unique("edges", [e.name for r in self.regions for e in r.edges])
-        if "hub" in {r.name for r in self.regions}:
+        names = {r.name for r in self.regions}
+        if "hub" in names:
             raise ValueError("region name 'hub' is reserved for the hub's domain")
+        if self.core.store_region is not None and self.core.store_region not in names:
+            raise ValueError(
+                f"core.store_region {self.core.store_region!r} is not a region; "
+                f"use one of: {', '.join(sorted(names))}"
+            )
         return self
+
+    @property
+    def core_store_region(self) -> str:
+        """Return the store datacenter of the core workers."""
+        return self.core.store_region or self.regions[0].name
 
     def get_region(self, name: str) -> Region:
         """Return the region called `name`, or raise `TopologyError`."""
