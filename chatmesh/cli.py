@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from chatmesh.paths import DEFAULT_RUN_DIR, region_url
+from chatmesh.topology_cli import topology
 from core.logs import configure_logging
 from core.tokens import DEFAULT_TTL_S, load_secret, mint_token
 from topology.launcher import Mesh, RunLayout
@@ -204,3 +205,6 @@ def migrate(topology_file: Path | None, region: str | None) -> None:
         click.echo("schema is up to date")
     for migration in applied:
         click.echo(f"applied migration {migration.version}: {migration.name}")
+
+
+main.add_command(topology)
