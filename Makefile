@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed
 # checkov pins packaging<24, which pytest cannot share, so it gets a venv of its own.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
+# The browser tests drive Debian's Chromium; Playwright's own download is not used.
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: up test lint clean
+.PHONY: up test lint clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +22,9 @@ $(TOOLS_STAMP):
 	$(TOOLS)/bin/pip install --quiet 'checkov==3.3.30'
 	touch $(TOOLS_STAMP)
 
+browser:
+	@test -x $(CHROMIUM) || { apt-get update && apt-get install -y chromium; }
+
 up: $(STAMP)
 	$(BIN)/chatmesh up
 
@@ -28,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint $(TOOLS_STAMP)
+test: lint $(TOOLS_STAMP) browser
 	CHECKOV=$(TOOLS)/bin/checkov $(BIN)/pytest
 
 clean:

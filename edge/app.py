@@ -12,6 +12,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from core.schema import PROTOCOL_VERSION, USER_PATTERN
+from edge.http_api import http_routes
 from edge.runtime import EdgeIdentity, EdgeRuntime
 from edge.websocket import serve_websocket
 
@@ -59,6 +60,7 @@ def create_app(identity: EdgeIdentity) -> Starlette:
         Route("/healthz", healthz),
         Route("/v1/route", route),
         WebSocketRoute("/v1/ws", websocket),
+        *http_routes(runtime),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime

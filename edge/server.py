@@ -29,5 +29,7 @@ def run_edge(topology: Topology, edge_name: str, token_secret_file: Path) -> Non
         access_log=False,
         ws_max_size=WS_MAX_FRAME_BYTES,
         lifespan="on",
+        # Long polls may wait 30 s; the launcher's stop grace is 10 s.
+        timeout_graceful_shutdown=5,
     )
     uvicorn.Server(config).run()

@@ -21,7 +21,6 @@ from core.schema import (
     PongEvent,
     PresenceFrame,
     SendFrame,
-    SessionOpen,
     SyncedEvent,
     SyncFrame,
     SyncRequest,
@@ -30,6 +29,7 @@ from core.tokens import verify_token
 from edge.frames import decode_frame
 from edge.requests import handle_group, handle_groups, handle_presence
 from edge.runtime import EdgeRuntime
+from edge.session_open import announce_session
 from edge.sessions import Connection
 
 log = structlog.get_logger(__name__)
@@ -105,7 +105,7 @@ async def _serve(runtime: EdgeRuntime, ws: WebSocket, user: str) -> None:
         )
         # Frames wait until the registry knows the session, so a sync sent
         # right after hello cannot miss a message routed before it.
-        await _register(runtime, user, bound)
+        await announce_session(runtime, user, conn.id)
         bound.info("ws.connected")
         await _receive_loop(runtime, ws, conn, bound)
     finally:
@@ -114,20 +114,6 @@ async def _serve(runtime: EdgeRuntime, ws: WebSocket, user: str) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await writer
         bound.info("ws.disconnected")
-
-
-async def _register(
-    runtime: EdgeRuntime, user: str, bound: structlog.typing.FilteringBoundLogger
-) -> None:
-    ident = runtime.identity
-    try:
-        await runtime.core.register_user(user)
-        await runtime.core.open_session(
-            SessionOpen(user=user, region=ident.region.name, edge=ident.edge.name)
-        )
-    except Exception as exc:
-        # Routing falls back on the next presence report; sync still works.
-        bound.warning("ws.session_open_failed", error=repr(exc))
 
 
 async def _receive_loop(

@@ -1,0 +1,140 @@
+"""The edge's web page in headless Chromium, against a real two-region mesh."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.http_client import region_http_url
+from topology.launcher import Mesh
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"Chromium is not installed at {CHROMIUM}. Install it with "
+            "`apt-get update && apt-get install -y chromium` (as root); "
+            "`make test` does this through its browser prerequisite."
+        )
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def open_page(browser: Browser, url: str, errors: list[str]) -> Page:
+    context = await browser.new_context()
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await page.goto(url)
+    return page
+
+
+async def sign_in(page: Page, user: str) -> None:
+    await page.fill("#user-name", user)
+    await page.click("#sign-in")
+    await expect(page.locator("#status")).to_have_attribute(
+        "data-state", "online", timeout=TIMEOUT_MS
+    )
+
+
+async def send(page: Page, to: str, text: str) -> None:
+    await page.fill("#to", to)
+    await page.fill("#message", text)
+    await page.click("#send")
+
+
+async def shown_texts(page: Page, conversation: str) -> list[str]:
+    await page.click(f'#conversations li[data-conversation="{conversation}"]')
+    return await page.locator("#messages li[data-seq] .content").all_text_contents()
+
+
+async def test_two_pages_chat_and_reload(mesh: Mesh, browser: Browser) -> None:
+    errors: list[str] = []
+    alice = await open_page(browser, region_http_url(mesh, "eu-west"), errors)
+    bob = await open_page(browser, region_http_url(mesh, "us-east"), errors)
+    await sign_in(alice, "alice")
+    await sign_in(bob, "bob")
+    hello, reply = unique("hello"), unique("reply")
+    history = bob.locator("#messages li[data-seq] .content")
+
+    await send(alice, "bob", hello)
+    await bob.click('#conversations li[data-conversation="dm:alice:bob"]')
+    await expect(history.last).to_have_text(hello, timeout=TIMEOUT_MS)
+    await send(bob, "alice", reply)
+    await expect(alice.locator("#messages li[data-seq] .content").last).to_have_text(
+        reply, timeout=TIMEOUT_MS
+    )
+    before = await shown_texts(bob, "dm:alice:bob")
+
+    await bob.reload()
+    await expect(bob.locator("#status")).to_have_attribute(
+        "data-state", "online", timeout=TIMEOUT_MS
+    )
+    await expect(
+        bob.locator('#conversations li[data-conversation="dm:alice:bob"]')
+    ).to_be_visible()
+    await bob.click('#conversations li[data-conversation="dm:alice:bob"]')
+    await expect(history).to_have_count(len(before), timeout=TIMEOUT_MS)
+    after = await shown_texts(bob, "dm:alice:bob")
+
+    assert before[-2:] == [hello, reply]
+    assert after == before
+    assert await bob.locator("#me").text_content() == "bob"
+    assert await alice.locator("#chat-view").is_visible()
+    assert not await alice.locator("#sign-in-view").is_visible()
+    assert errors == []
+
+
+async def test_page_resumes_after_connection_drop(mesh: Mesh, browser: Browser) -> None:
+    errors: list[str] = []
+    alice = await open_page(browser, region_http_url(mesh, "eu-west"), errors)
+    bob = await open_page(browser, region_http_url(mesh, "us-east"), errors)
+    await sign_in(alice, "alice")
+    await sign_in(bob, "bob")
+    await bob.click('#conversations li[data-conversation="dm:alice:bob"]')
+    history = bob.locator("#messages li[data-seq] .content")
+    before = await history.all_text_contents()
+    missed = [unique("while-away-1"), unique("while-away-2")]
+
+    # Drop bob's socket without signing out; the page reconnects by itself
+    # and syncs from the cursors it kept.
+    sockets: list[str] = []
+    bob.on("websocket", lambda socket: sockets.append(socket.url))
+    await bob.evaluate("state.socket.close(4000, 'test drops the connection')")
+    for text in missed:
+        await send(alice, "bob", text)
+    await expect(history).to_have_count(len(before) + 2, timeout=TIMEOUT_MS)
+    await expect(bob.locator("#status")).to_have_attribute("data-state", "online")
+
+    assert len(sockets) == 1, "the page should have opened one new WebSocket"
+    assert await history.all_text_contents() == [*before, *missed]
+    assert errors == []
