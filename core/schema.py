@@ -355,12 +355,15 @@ class Delivery(_Wire):
 
     `recipients` are the users whose connections get the message; the
     connection named by `origin` gets a `committed` (or `error`) event.
+    `committed_at_ms` is the core's wall clock when it stored the message,
+    for the hub-to-edge latency metric.
     """
 
     message: StoredMessage | None = None
     rejection: Rejection | None = None
     recipients: list[str]
     origin: Origin
+    committed_at_ms: int | None = None
 
 
 class SessionOpen(_Wire):

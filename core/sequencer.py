@@ -28,6 +28,7 @@ from core.ids import (
     direct_conversation,
     group_conversation,
 )
+from core.metrics import CoreMetrics
 from core.schema import (
     Delivery,
     GroupRole,
@@ -58,8 +59,10 @@ class Sequencer:
         registry: SessionRegistry,
         ids: MessageIdGenerator,
         publish: PublishDelivery,
+        metrics: CoreMetrics,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._registry = registry
         self._ids = ids
         self._publish = publish
@@ -76,10 +79,13 @@ class Sequencer:
         async with self.lock:
             outcome = await _retry_store(lambda: self._commit(envelope), envelope)
         if isinstance(outcome, Rejection):
+            self._metrics.rejected.inc()
             await self._route_rejection(outcome, envelope.origin)
             return None
         message, recipients = outcome
+        started = time.perf_counter()
         await self.route(message, recipients, envelope.origin)
+        self._metrics.route_seconds.observe(time.perf_counter() - started)
         return message
 
     async def members_of(self, group: str) -> dict[UserId, GroupRole]:
@@ -125,7 +131,12 @@ class Sequencer:
         regions = {origin.region} if origin.region else set()
         for user in recipients:
             regions |= self._registry.regions_of(user)
-        delivery = Delivery(message=message, recipients=recipients, origin=origin)
+        delivery = Delivery(
+            message=message,
+            recipients=recipients,
+            origin=origin,
+            committed_at_ms=time.time_ns() // 1_000_000,
+        )
         await asyncio.gather(*(self._publish(r, delivery) for r in sorted(regions)))
 
     # ---- internals -----------------------------------------------------------
@@ -141,6 +152,7 @@ class Sequencer:
         members = list(conversation_members(conversation))
         existing = await self._store.fetch_by_client_id(sender, envelope.client_msg_id)
         if existing is not None:
+            self._metrics.duplicates.inc()
             _log_duplicate(existing)
             return existing, members
         message = await self._append(envelope, conversation, recipient, members)
@@ -152,6 +164,7 @@ class Sequencer:
         members = await self.members_of(group)
         existing = await self._store.fetch_by_client_id(sender, envelope.client_msg_id)
         if existing is not None:
+            self._metrics.duplicates.inc()
             _log_duplicate(existing)
             return existing, list(members)
         if sender not in members:
@@ -184,12 +197,16 @@ class Sequencer:
             client_msg_id=envelope.client_msg_id,
             timestamp_ms=envelope.accepted_at_ms,
         )
+        started = time.perf_counter()
         try:
             await self._store.append_message(message, members)
         except StoreError:
             # The write may or may not have landed: reload the sequence next time.
             self._forget(conversation, envelope.group)
             raise
+        self._metrics.store_write_seconds.observe(time.perf_counter() - started)
+        self._metrics.commit_batch_messages.observe(1)
+        self._metrics.committed.inc()
         self._last_seq[conversation] = seq
         log.debug("sequencer.committed", conversation=conversation, seq=seq)
         return message

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from core.catchup import fetch_sync_page
 from core.errors import ClientError
 from core.groups import GroupService
 from core.ids import MessageIdGenerator, UserId
+from core.metrics import CoreMetrics
 from core.natsconn import close_nats, connect_nats
 from core.presence import PresenceService
 from core.schema import (
@@ -55,13 +57,22 @@ STARTUP_RETRY_S = 0.5
 SERVICE_QUEUE = "core"
 PUBLISH_TIMEOUT_S = 2.0
 PUBLISH_ATTEMPTS = 8
+# How often the worker reads the hub's stream state for the lag gauges.
+LAG_POLL_INTERVAL_S = 2.0
 
 
 class CoreWorker:
     """One core worker; `start()` returns once it serves, `stop()` drains it."""
 
-    def __init__(self, topology: Topology, worker_id: int, base_dir: Path) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        worker_id: int,
+        base_dir: Path,
+        metrics: CoreMetrics,
+    ) -> None:
         self._topology = topology
+        self._metrics = metrics
         self._worker_id = worker_id
         self._regions = [r.name for r in topology.regions]
         self._store: MessageStore = open_store(
@@ -75,11 +86,15 @@ class CoreWorker:
             self._registry,
             MessageIdGenerator(worker_id),
             self._publish_delivery,
+            metrics,
         )
         self._groups = GroupService(
             self._store, self._sequencer, topology.limits.group_size_limit
         )
-        self._presence = PresenceService(self._store, self._registry, self._sequencer)
+        self._presence = PresenceService(
+            self._store, self._registry, self._sequencer, metrics
+        )
+        metrics.online_users.set_function(self._registry.online_count)
         self._tasks: list[asyncio.Task[None]] = []
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -102,6 +117,7 @@ class CoreWorker:
             asyncio.create_task(
                 self._presence.publish_changes_forever(self._nc, interval_s)
             ),
+            asyncio.create_task(self._poll_lag_forever()),
         ]
         self.ready.set()
         log.info("core.started", worker=self._worker_id)
@@ -172,8 +188,10 @@ class CoreWorker:
                     timeout=PUBLISH_TIMEOUT_S,
                     headers={"Nats-Msg-Id": msg_id},
                 )
+                self._metrics.deliveries.labels(region=region).inc()
                 return
             except Exception as exc:
+                self._metrics.errors.labels(kind="delivery_publish_failed").inc()
                 if attempt == PUBLISH_ATTEMPTS:
                     raise
                 log.warning(
@@ -205,6 +223,7 @@ class CoreWorker:
                 continue
             except Exception:
                 log.exception("core.fetch_failed")
+                self._metrics.errors.labels(kind="fetch_failed").inc()
                 await asyncio.sleep(STARTUP_RETRY_S)
                 continue
             for msg in batch:
@@ -232,20 +251,58 @@ class CoreWorker:
         except ValidationError as exc:
             # Edges validate before they accept, so this is a bug or tampering.
             log.error("core.poison_message", subject=msg.subject, error=str(exc))
+            self._metrics.errors.labels(kind="poison_message").inc()
             await msg.term()
             return
+        self._observe_receipt([envelope])
         try:
             await sequencer.handle(envelope)
         except ValueError as exc:
             # The store refused the content itself: retrying cannot help.
             log.error("core.invalid_message", sender=envelope.sender, error=str(exc))
+            self._metrics.errors.labels(kind="invalid_message").inc()
             await msg.term()
             return
         except Exception:
             log.exception("core.handle_failed", sender=envelope.sender)
+            self._metrics.errors.labels(kind="handle_failed").inc()
             await msg.nak(delay=1.0)
             return
         await msg.ack()
+
+    def _observe_receipt(self, envelopes: list[IngestEnvelope]) -> None:
+        now_ms = time.time_ns() / 1_000_000
+        self._metrics.received.inc(len(envelopes))
+        for envelope in envelopes:
+            self._metrics.edge_to_core_seconds.observe(
+                max(0.0, now_ms - envelope.accepted_at_ms) / 1000
+            )
+
+    # ---- lag -----------------------------------------------------------------
+
+    async def _poll_lag_forever(self) -> None:
+        """Keep the sync-lag and pending gauges current until cancelled."""
+        while True:
+            try:
+                await self._poll_lag()
+            except Exception as exc:
+                log.warning("core.lag_poll_failed", error=repr(exc))
+                self._metrics.errors.labels(kind="lag_poll_failed").inc()
+            await asyncio.sleep(LAG_POLL_INTERVAL_S)
+
+    async def _poll_lag(self) -> None:
+        assert self._js is not None
+        info = await self._js.stream_info(subjects.HUB_INGEST_STREAM)
+        by_stream = {s.name: s for s in info.sources or []}
+        for region in self._regions:
+            source = by_stream.get(subjects.region_ingest_stream(region))
+            if source is not None and source.lag is not None:
+                self._metrics.sync_lag.labels(region=region).set(source.lag)
+        consumer = await self._js.consumer_info(
+            subjects.HUB_INGEST_STREAM, subjects.SEQUENCER_CONSUMER
+        )
+        pending = (consumer.num_pending or 0) + (consumer.num_ack_pending or 0)
+        self._metrics.pending.set(pending)
 
     # ---- services ------------------------------------------------------------
 
@@ -296,8 +353,10 @@ class CoreWorker:
     async def _on_presence_report(self, msg: Msg) -> None:
         try:
             self._registry.on_report(PresenceReport.model_validate_json(msg.data))
+            self._metrics.presence_reports.inc()
         except ValidationError as exc:
             log.warning("core.bad_presence_report", error=str(exc))
+            self._metrics.errors.labels(kind="bad_presence_report").inc()
 
     async def _on_health(self, msg: Msg) -> None:
         status = b'{"status":"ok"}' if self.ready.is_set() else b'{"status":"starting"}'

@@ -7,10 +7,13 @@ and pushes it to the connections it holds.
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from core.metrics import EdgeMetrics
 from core.schema import (
     CommittedEvent,
     Delivery,
@@ -27,9 +30,12 @@ log = structlog.get_logger(__name__)
 class DeliveryFanout:
     """Turn each `Delivery` into events on the recipients' local connections."""
 
-    def __init__(self, sessions: LocalSessions, edge: str) -> None:
+    def __init__(
+        self, sessions: LocalSessions, edge: str, metrics: EdgeMetrics
+    ) -> None:
         self._sessions = sessions
         self._edge = edge
+        self._metrics = metrics
         self.deliveries_received = 0
 
     async def on_message(self, msg: Msg) -> None:
@@ -37,8 +43,10 @@ class DeliveryFanout:
             delivery = Delivery.model_validate_json(msg.data)
         except ValidationError as exc:
             log.error("deliveries.invalid", subject=msg.subject, error=str(exc))
+            self._metrics.errors.labels(kind="invalid_delivery").inc()
             return
         self.deliveries_received += 1
+        self._metrics.deliveries.inc()
         self.fan_out(delivery)
 
     def fan_out(self, delivery: Delivery) -> int:
@@ -56,10 +64,24 @@ class DeliveryFanout:
                 else:
                     conn.push(event)
                 pushed += 1
+        self._observe(delivery, message, pushed)
         log.debug(
             "deliveries.fanned_out", message_id=message.message_id, connections=pushed
         )
         return pushed
+
+    def _observe(self, delivery: Delivery, message: StoredMessage, pushed: int) -> None:
+        metrics = self._metrics
+        metrics.delivered.inc(pushed)
+        now_ms = time.time_ns() / 1_000_000
+        if delivery.committed_at_ms is not None:
+            metrics.commit_to_fanout_seconds.observe(
+                max(0.0, now_ms - delivery.committed_at_ms) / 1000
+            )
+        if message.kind == "text":
+            metrics.end_to_end_seconds.observe(
+                max(0.0, now_ms - message.timestamp_ms) / 1000
+            )
 
     def _reject(self, delivery: Delivery) -> int:
         rejection = delivery.rejection

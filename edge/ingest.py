@@ -24,6 +24,7 @@ from core.errors import (
     Unavailable,
     UnknownRecipient,
 )
+from core.metrics import EdgeMetrics
 from core.schema import AcceptedEvent, IngestEnvelope, Origin, SendFrame
 from edge.core_client import CoreClient
 from edge.frames import check_content
@@ -43,8 +44,10 @@ class Ingest:
         region: str,
         edge: str,
         max_content_bytes: int,
+        metrics: EdgeMetrics,
     ) -> None:
         self._js = js
+        self._metrics = metrics
         self._core = core
         self._region = region
         self._edge = edge
@@ -71,6 +74,7 @@ class Ingest:
             origin=Origin(region=self._region, edge=self._edge, connection=connection),
         )
         ack = await self._publish(envelope, f"{sender}:{frame.id}")
+        self._metrics.accepted.inc()
         log.debug("ingest.accepted", sender=sender, client_msg_id=frame.id, seq=ack.seq)
         return AcceptedEvent(id=frame.id, duplicate=bool(ack.duplicate))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -93,6 +94,7 @@ async def _serve(runtime: EdgeRuntime, ws: WebSocket, user: str) -> None:
     conn = Connection(ident.edge.name, user)
     bound = log.bind(user=user, connection=conn.id, edge=ident.edge.name)
     runtime.sessions.add(conn)
+    runtime.metrics.connections_opened.inc()
     writer = asyncio.create_task(conn.run_writer(ws.send_text))
     try:
         conn.push(
@@ -151,22 +153,27 @@ async def _receive_loop(
             bound.info(
                 "ws.frame_rejected", code=exc.code, reason=exc.message, ref=exc.ref
             )
+            runtime.metrics.errors.labels(kind=exc.code).inc()
             conn.push(
                 ErrorEvent(
                     code=exc.code, message=exc.message, ref=exc.ref
                 ).model_dump_json()
             )
+    runtime.metrics.errors.labels(kind="outbox_overflow").inc()
     await ws.close(CLOSE_OVERFLOW, "client too slow; reconnect and sync")
 
 
 async def _handle_frame(runtime: EdgeRuntime, conn: Connection, text: str) -> None:
+    started = time.perf_counter()
     frame = decode_frame(text)
     if isinstance(frame, SendFrame):
         accepted = await runtime.ingest.accept(conn.user, conn.id, frame)
         conn.push(accepted.model_dump_json())
+        runtime.metrics.accept_seconds.observe(time.perf_counter() - started)
     elif isinstance(frame, SyncFrame):
         await _sync(runtime, conn, frame.cursors)
     elif isinstance(frame, PingFrame):
+        runtime.metrics.heartbeats.inc()
         conn.push(PongEvent().model_dump_json())
     elif isinstance(frame, GroupFrame):
         conn.push((await handle_group(runtime, conn.user, frame)).model_dump_json())

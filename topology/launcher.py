@@ -67,6 +67,7 @@ def resolve_ports(topology: Topology) -> Topology:
         _fill(leaf, ["client_port", "monitor_port"])
         for edge in region["edges"]:
             _fill(edge, ["port"])
+    _fill(data["core"], ["metrics_port"])
     return Topology.model_validate(data)
 
 
@@ -208,6 +209,7 @@ class Mesh:
         await proc.wait_healthy(SERVICE_READY_TIMEOUT_S)
 
     def endpoints(self) -> dict[str, Any]:
+        """Return what `mesh.json` records: URLs, metrics endpoints and pids."""
         topo = self.topology
         return {
             "hub": hub_client_urls(topo),
@@ -221,7 +223,35 @@ class Mesh:
                 }
                 for region in topo.regions
             },
+            "metrics": self.metrics_urls(),
+            "monitors": {
+                **{
+                    node.name: f"http://{node.host}:{node.monitor_port}"
+                    for node in topo.hub.nodes
+                },
+                **{
+                    f"leaf-{r.name}": f"http://{r.leaf.host}:{r.leaf.monitor_port}"
+                    for r in topo.regions
+                },
+            },
+            "pids": {
+                name: proc.pid
+                for name, proc in self.processes.items()
+                if proc.pid is not None
+            },
         }
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Return the Prometheus endpoint of every core and edge process by name."""
+        core = self.topology.core
+        urls = {
+            f"core-{worker}": f"http://{core.host}:{core.metrics_port}/metrics"
+            for worker in range(core.workers)
+        }
+        for region in self.topology.regions:
+            for edge in region.edges:
+                urls[f"edge-{edge.name}"] = f"http://{edge.host}:{edge.port}/metrics"
+        return urls
 
     def edge_url(self, edge_name: str) -> str:
         for region in self.topology.regions:

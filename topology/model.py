@@ -82,9 +82,14 @@ class Region(_Frozen):
 
 
 class Core(_Frozen):
-    """The core workers: sequencer, router, session registry and sync service."""
+    """The core workers: sequencer, router, session registry and sync service.
+
+    The worker serves Prometheus metrics at http://host:metrics_port/metrics.
+    """
 
     workers: int = Field(default=1, ge=1, le=1)
+    host: str = "127.0.0.1"
+    metrics_port: Port = 0
 
 
 class ScyllaStore(_Frozen):
