@@ -198,3 +198,164 @@ def migrate(topology_file: Path | None, region: str | None) -> None:
         click.echo("schema is up to date")
     for migration in applied:
         click.echo(f"applied migration {migration.version}: {migration.name}")
+
+
+@main.command()
+@click.option(
+    "--clients",
+    type=click.IntRange(2),
+    default=100,
+    show_default=True,
+    help="Simulated users, spread round-robin over the regions.",
+)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(0.5),
+    default=20.0,
+    show_default=True,
+    help="Seconds of measured sending.",
+)
+@click.option(
+    "--warmup",
+    "warmup_s",
+    type=click.FloatRange(0),
+    default=3.0,
+    show_default=True,
+    help="Seconds of unmeasured sending before the window.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Target messages/s over all clients; 0 sends flat out.",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(1),
+    default=4,
+    show_default=True,
+    help="Messages a client may have sent but not yet seen accepted.",
+)
+@click.option(
+    "--group-share",
+    type=click.FloatRange(0, 1),
+    default=0.2,
+    show_default=True,
+    help="Fraction of messages sent to the sender's group instead of one user.",
+)
+@click.option(
+    "--group-size",
+    type=click.IntRange(0),
+    default=5,
+    show_default=True,
+    help="Members per group; below 2 means no groups.",
+)
+@click.option(
+    "--content-bytes",
+    type=click.IntRange(1, 3000),
+    default=200,
+    show_default=True,
+    help="Padding bytes per message after the timing stamp.",
+)
+@click.option(
+    "--targets",
+    default="mesh,relay,nats",
+    show_default=True,
+    help="Comma-separated: mesh, relay (bare Starlette), nats (bare pub-sub).",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Measure the mesh running in this run directory. "
+    "Default: start a mesh on free ports in a temporary directory.",
+)
+@topology_option
+@click.option(
+    "--rtt-ms",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Round trip in ms added between each leaf and the hub (own mesh only).",
+)
+@click.option(
+    "--drain",
+    "drain_s",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for messages in flight after sending stops.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write the report to this JSON file.",
+)
+def bench(
+    clients: int,
+    duration_s: float,
+    warmup_s: float,
+    rate: float,
+    window: int,
+    group_share: float,
+    group_size: int,
+    content_bytes: int,
+    targets: str,
+    run_dir: Path | None,
+    topology_file: Path | None,
+    rtt_ms: float,
+    drain_s: float,
+    seed: int,
+    json_path: Path | None,
+) -> None:
+    """Measure throughput and end-to-end latency, with baselines, in one run."""
+    import json
+
+    from chatmesh.benchmarks.bench import BenchOptions, format_report, run_bench
+    from chatmesh.benchmarks.load import Workload
+    from chatmesh.benchmarks.targets import TARGETS
+
+    chosen = tuple(t.strip() for t in targets.split(",") if t.strip())
+    unknown = [t for t in chosen if t not in TARGETS]
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"unknown target(s) {unknown}; choose from {', '.join(TARGETS)}",
+            param_hint="--targets",
+        )
+    if run_dir is not None and rtt_ms > 0:
+        raise click.BadParameter(
+            "delay proxies need a mesh the benchmark starts; drop --run-dir",
+            param_hint="--rtt-ms",
+        )
+    workload = Workload(
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        rate=rate,
+        window=window,
+        group_share=group_share,
+        content_bytes=content_bytes,
+        drain_s=drain_s,
+        seed=seed,
+    )
+    options = BenchOptions(
+        clients=clients,
+        targets=chosen,
+        workload=workload,
+        group_size=group_size,
+        topology=_load(topology_file),
+        run_dir=run_dir,
+        rtt_ms=rtt_ms,
+    )
+    try:
+        report = asyncio.run(run_bench(options))
+    except (ProcessFailed, FileNotFoundError, ConnectionError) as exc:
+        raise click.ClickException(f"the benchmark failed: {exc}") from exc
+    click.echo(format_report(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"\nwrote {json_path}")

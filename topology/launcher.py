@@ -93,8 +93,19 @@ class RunLayout:
 class Mesh:
     """A running mesh: its processes by name and its endpoints."""
 
-    def __init__(self, topology: Topology, run_dir: Path) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        run_dir: Path,
+        leaf_hub_urls: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Build (not start) the processes; `leaf_hub_urls` reroutes leaf links.
+
+        A region named in `leaf_hub_urls` connects its leaf to those URLs
+        instead of the hub's leaf port, for a proxy between leaf and hub.
+        """
         self.topology = resolve_ports(topology)
+        self._leaf_hub_urls = dict(leaf_hub_urls or {})
         self.layout = RunLayout(run_dir)
         self.processes: dict[str, ManagedProcess] = {}
         self._build_processes()
@@ -111,7 +122,9 @@ class Mesh:
             self._add_nats(node.name, conf, f"http://{node.host}:{node.monitor_port}")
         for region in topo.regions:
             conf = write_config(
-                leaf_config(topo, region, layout.data),
+                leaf_config(
+                    topo, region, layout.data, self._leaf_hub_urls.get(region.name)
+                ),
                 layout.nats / f"leaf-{region.name}.conf",
             )
             monitor = f"http://{region.leaf.host}:{region.leaf.monitor_port}"
