@@ -30,7 +30,9 @@ from core.natsconn import close_nats, connect_nats
 from core.presence import PresenceService
 from core.schema import (
     Delivery,
+    DeliveryBatch,
     GroupRequest,
+    IngestBatch,
     IngestEnvelope,
     PresenceReport,
     PresenceRequest,
@@ -57,6 +59,8 @@ STARTUP_RETRY_S = 0.5
 SERVICE_QUEUE = "core"
 PUBLISH_TIMEOUT_S = 2.0
 PUBLISH_ATTEMPTS = 8
+# Client messages per sequencer commit: one store write each.
+COMMIT_BATCH = 512
 # How often the worker reads the hub's stream state for the lag gauges.
 LAG_POLL_INTERVAL_S = 2.0
 
@@ -170,15 +174,20 @@ class CoreWorker:
         await nc.subscribe(subjects.SERVICE_SESSION_OPEN, cb=self._on_session_open)
         await nc.subscribe(subjects.PRESENCE_REPORTS, cb=self._on_presence_report)
 
-    async def _publish_delivery(self, region: str, delivery: Delivery) -> None:
-        """Publish to the hub's delivery stream, retrying while the hub recovers."""
+    async def _publish_delivery(self, region: str, deliveries: list[Delivery]) -> None:
+        """Publish deliveries to the hub's delivery stream as one message.
+
+        Retries while the hub recovers. The `Nats-Msg-Id` names the first and
+        last delivery and the count, so a retry of the same batch is stored
+        once; a replay after a crash may group deliveries differently and
+        repeat some, which clients drop by their cursors.
+        """
         assert self._js is not None
-        if delivery.message is not None:
-            msg_id = f"{region}:{delivery.message.message_id}"
-        else:
-            assert delivery.rejection is not None
-            msg_id = f"{region}:rejected:{delivery.rejection.client_msg_id}"
-        payload = delivery.model_dump_json().encode()
+        msg_id = (
+            f"{region}:{_delivery_key(deliveries[0])}:"
+            f"{_delivery_key(deliveries[-1])}:{len(deliveries)}"
+        )
+        payload = DeliveryBatch(deliveries=deliveries).model_dump_json().encode()
         delay_s = STARTUP_RETRY_S
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
@@ -188,7 +197,7 @@ class CoreWorker:
                     timeout=PUBLISH_TIMEOUT_S,
                     headers={"Nats-Msg-Id": msg_id},
                 )
-                self._metrics.deliveries.labels(region=region).inc()
+                self._metrics.deliveries.labels(region=region).inc(len(deliveries))
                 return
             except Exception as exc:
                 self._metrics.errors.labels(kind="delivery_publish_failed").inc()
@@ -226,8 +235,7 @@ class CoreWorker:
                 self._metrics.errors.labels(kind="fetch_failed").inc()
                 await asyncio.sleep(STARTUP_RETRY_S)
                 continue
-            for msg in batch:
-                await self._process(sequencer, msg)
+            await self._process_batch(sequencer, batch)
 
     async def _pull_subscribe(
         self, config: ConsumerConfig
@@ -245,30 +253,53 @@ class CoreWorker:
                 log.warning("core.consumer_retry", error=repr(exc))
                 await asyncio.sleep(STARTUP_RETRY_S)
 
-    async def _process(self, sequencer: Sequencer, msg: Msg) -> None:
+    async def _process_batch(self, sequencer: Sequencer, msgs: list[Msg]) -> None:
+        """Commit every client message of the fetched stream messages, then ack them.
+
+        A failure naks them all: the redelivery finds the messages already
+        stored under their (sender, client id) keys and only routes them again.
+        """
+        envelopes: list[IngestEnvelope] = []
+        valid: list[Msg] = []
+        for msg in msgs:
+            unpacked = self._unpack(msg)
+            if unpacked is None:
+                await msg.term()
+                continue
+            envelopes += unpacked
+            valid.append(msg)
+        self._observe_receipt(envelopes)
         try:
-            envelope = IngestEnvelope.model_validate_json(msg.data)
-        except ValidationError as exc:
-            # Edges validate before they accept, so this is a bug or tampering.
-            log.error("core.poison_message", subject=msg.subject, error=str(exc))
-            self._metrics.errors.labels(kind="poison_message").inc()
-            await msg.term()
-            return
-        self._observe_receipt([envelope])
-        try:
-            await sequencer.handle(envelope)
-        except ValueError as exc:
-            # The store refused the content itself: retrying cannot help.
-            log.error("core.invalid_message", sender=envelope.sender, error=str(exc))
-            self._metrics.errors.labels(kind="invalid_message").inc()
-            await msg.term()
-            return
+            for start in range(0, len(envelopes), COMMIT_BATCH):
+                await sequencer.handle_batch(envelopes[start : start + COMMIT_BATCH])
         except Exception:
-            log.exception("core.handle_failed", sender=envelope.sender)
+            log.exception("core.handle_failed", messages=len(envelopes))
             self._metrics.errors.labels(kind="handle_failed").inc()
-            await msg.nak(delay=1.0)
+            for msg in valid:
+                await msg.nak(delay=1.0)
             return
-        await msg.ack()
+        for msg in valid:
+            await msg.ack()
+
+    def _unpack(self, msg: Msg) -> list[IngestEnvelope] | None:
+        """Return the client messages of one stream message, or None if it is invalid.
+
+        Edges store `IngestBatch`es; a single `IngestEnvelope` is what edges
+        stored before they batched, and may still wait in the stream.
+        """
+        try:
+            return list(IngestBatch.model_validate_json(msg.data).envelopes)
+        except ValidationError as batch_error:
+            try:
+                return [IngestEnvelope.model_validate_json(msg.data)]
+            except ValidationError:
+                pass
+            # Edges validate before they accept, so this is a bug or tampering.
+            log.error(
+                "core.poison_message", subject=msg.subject, error=str(batch_error)
+            )
+            self._metrics.errors.labels(kind="poison_message").inc()
+            return None
 
     def _observe_receipt(self, envelopes: list[IngestEnvelope]) -> None:
         now_ms = time.time_ns() / 1_000_000
@@ -381,3 +412,10 @@ async def _respond(
         log.exception("core.request_failed", service=service)
         reply = ServiceError(error=f"{type(exc).__name__}: {exc}")
     await msg.respond(reply.model_dump_json().encode())
+
+
+def _delivery_key(delivery: Delivery) -> str:
+    if delivery.message is not None:
+        return str(delivery.message.message_id)
+    assert delivery.rejection is not None
+    return f"rejected-{delivery.rejection.client_msg_id}"

@@ -17,6 +17,7 @@ from core.metrics import EdgeMetrics
 from core.schema import (
     CommittedEvent,
     Delivery,
+    DeliveryBatch,
     ErrorEvent,
     MessageEvent,
     MessageView,
@@ -39,15 +40,15 @@ class DeliveryFanout:
         self.deliveries_received = 0
 
     async def on_message(self, msg: Msg) -> None:
-        try:
-            delivery = Delivery.model_validate_json(msg.data)
-        except ValidationError as exc:
-            log.error("deliveries.invalid", subject=msg.subject, error=str(exc))
+        deliveries = _unpack(msg.data)
+        if deliveries is None:
+            log.error("deliveries.invalid", subject=msg.subject, size=len(msg.data))
             self._metrics.errors.labels(kind="invalid_delivery").inc()
             return
-        self.deliveries_received += 1
-        self._metrics.deliveries.inc()
-        self.fan_out(delivery)
+        self.deliveries_received += len(deliveries)
+        self._metrics.deliveries.inc(len(deliveries))
+        for delivery in deliveries:
+            self.fan_out(delivery)
 
     def fan_out(self, delivery: Delivery) -> int:
         """Push `delivery` to every local connection of its recipients."""
@@ -94,6 +95,22 @@ class DeliveryFanout:
             conn.push(event)
             return 1
         return 0
+
+
+def _unpack(data: bytes) -> list[Delivery] | None:
+    """Return the deliveries of a stream message, or None if it is invalid.
+
+    The core publishes `DeliveryBatch`es; a single `Delivery` is what it
+    published before it batched, and may still wait in the stream.
+    """
+    try:
+        return list(DeliveryBatch.model_validate_json(data).deliveries)
+    except ValidationError:
+        pass
+    try:
+        return [Delivery.model_validate_json(data)]
+    except ValidationError:
+        return None
 
 
 def _committed(message: StoredMessage) -> str:

@@ -1,12 +1,15 @@
 """Accept client messages: validate, then store them in the region's JetStream.
 
 A message is acknowledged to its sender ("accepted") only after the leaf
-node's JetStream has stored it, and the leaf fsyncs every write, so an
-accepted message survives the loss of every process of the region.
+node's JetStream has stored the batch that carries it, and the leaf fsyncs
+every write, so an accepted message survives the loss of every process of
+the region. `edge.batcher` gathers the messages of all connections into
+batches, one JetStream write each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import structlog
@@ -26,8 +29,10 @@ from core.errors import (
 )
 from core.metrics import EdgeMetrics
 from core.schema import AcceptedEvent, IngestEnvelope, Origin, SendFrame
+from edge.batcher import IngestBatcher, RecentIds
 from edge.core_client import CoreClient
 from edge.frames import check_content
+from topology.model import Ingest as IngestSettings
 
 log = structlog.get_logger(__name__)
 
@@ -44,10 +49,13 @@ class Ingest:
         region: str,
         edge: str,
         max_content_bytes: int,
+        settings: IngestSettings,
         metrics: EdgeMetrics,
     ) -> None:
         self._js = js
         self._metrics = metrics
+        self._batcher = IngestBatcher(edge, self._publish, settings, metrics)
+        self._recent = RecentIds()
         self._core = core
         self._region = region
         self._edge = edge
@@ -64,6 +72,11 @@ class Ingest:
         else:
             await self._check_recipient(sender, frame.to or "", frame.id)
 
+        key = f"{sender}:{frame.id}"
+        earlier = self._recent.lookup(key)
+        if earlier is not None:
+            await self._await_earlier(earlier, frame.id)
+            return AcceptedEvent(id=frame.id, duplicate=True)
         envelope = IngestEnvelope(
             sender=sender,
             recipient=frame.to,
@@ -73,10 +86,27 @@ class Ingest:
             accepted_at_ms=time.time_ns() // 1_000_000,
             origin=Origin(region=self._region, edge=self._edge, connection=connection),
         )
-        ack = await self._publish(envelope, f"{sender}:{frame.id}")
+        pending = self._recent.start(key)
+        try:
+            await self._batcher.submit(envelope.model_dump_json().encode())
+        except Exception as exc:
+            self._recent.finish(key, pending, exc)
+            raise _unavailable(frame.id) from exc
+        self._recent.finish(key, pending, None)
         self._metrics.accepted.inc()
-        log.debug("ingest.accepted", sender=sender, client_msg_id=frame.id, seq=ack.seq)
-        return AcceptedEvent(id=frame.id, duplicate=bool(ack.duplicate))
+        log.debug("ingest.accepted", sender=sender, client_msg_id=frame.id)
+        return AcceptedEvent(id=frame.id, duplicate=False)
+
+    async def close(self) -> None:
+        """Store the open batch and wait for the batches in flight."""
+        await self._batcher.close()
+
+    async def _await_earlier(self, earlier: asyncio.Future[None], ref: str) -> None:
+        """Wait for an earlier send of the same id that may still be in flight."""
+        try:
+            await asyncio.shield(earlier)
+        except Exception as exc:
+            raise _unavailable(ref) from exc
 
     async def _check_recipient(self, sender: str, to: str, ref: str) -> None:
         if to == sender:
@@ -93,21 +123,21 @@ class Ingest:
         if not allowed:
             raise NotAMember(f"you are not a member of group {group!r}", ref=ref)
 
-    async def _publish(self, envelope: IngestEnvelope, msg_id: str) -> PubAck:
+    async def _publish(self, payload: bytes, batch_id: str) -> PubAck:
         try:
             return await self._js.publish(
                 self._subject,
-                envelope.model_dump_json().encode(),
+                payload,
                 timeout=PUBLISH_TIMEOUT_S,
-                headers={"Nats-Msg-Id": msg_id},
+                headers={"Nats-Msg-Id": batch_id},
             )
         except (NatsTimeoutError, NoRespondersError, TimeoutError, APIError) as exc:
-            log.warning(
-                "ingest.publish_failed",
-                client_msg_id=envelope.client_msg_id,
-                error=repr(exc),
-            )
-            raise Unavailable(
-                "the region could not store the message; resend it with the same id",
-                ref=envelope.client_msg_id,
-            ) from exc
+            log.warning("ingest.publish_failed", batch_id=batch_id, error=repr(exc))
+            raise
+
+
+def _unavailable(ref: str) -> Unavailable:
+    return Unavailable(
+        "the region could not store the message; resend it with the same id",
+        ref=ref,
+    )

@@ -88,6 +88,7 @@ class EdgeRuntime:
             region,
             edge,
             ident.topology.limits.max_content_bytes,
+            ident.topology.ingest,
             self.metrics,
         )
         await self._nc.subscribe(
@@ -120,6 +121,8 @@ class EdgeRuntime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._ingest is not None:
+            await self._ingest.close()
         if self._nc is not None:
             await close_nats(self._nc, f"edge-{self.identity.edge.name}")
         log.info("edge.stopped", edge=self.identity.edge.name)

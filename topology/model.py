@@ -116,6 +116,22 @@ class Limits(_Frozen):
     group_size_limit: int = Field(default=200, ge=2, le=10_000)
 
 
+class Ingest(_Frozen):
+    """How an edge batches client messages into its leaf's JetStream.
+
+    A batch is sent when it holds `batch_max_messages` messages or
+    `batch_max_bytes` bytes, or `batch_linger_ms` after its first message.
+    At most `max_batches_in_flight` batches await JetStream's ack at once,
+    and messages that arrive meanwhile wait for the next batch.
+    `batch_max_messages` 1 with `batch_linger_ms` 0 stores each message alone.
+    """
+
+    batch_max_messages: int = Field(default=256, ge=1, le=4096)
+    batch_max_bytes: int = Field(default=512 * 1024, ge=1024, le=900 * 1024)
+    batch_linger_ms: float = Field(default=2.0, ge=0, le=100)
+    max_batches_in_flight: int = Field(default=4, ge=1, le=64)
+
+
 class Presence(_Frozen):
     """How edges report sessions and how long a silent user stays online."""
 
@@ -132,6 +148,7 @@ class Topology(_Frozen):
     core: Core = Core()
     store: Store = Store()
     limits: Limits = Limits()
+    ingest: Ingest = Ingest()
     presence: Presence = Presence()
     dev_users: list[str] = Field(default_factory=list)
 
