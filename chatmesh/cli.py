@@ -164,6 +164,30 @@ def core(topology_file: Path | None, run_dir: Path, worker: int) -> None:
     run_core(_load(topology_file), worker, RunLayout(run_dir).data)
 
 
+@main.command()
+@run_dir_option
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(0.1, 60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between the two scrapes that rates are computed from.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def status(run_dir: Path, interval_s: float, as_json: bool) -> None:
+    """Show regions, edges, connections, lag and error rates of a running mesh."""
+    import json
+
+    from chatmesh.status import collect_status, format_status
+
+    try:
+        report = asyncio.run(collect_status(run_dir, interval_s))
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
+
+
 @main.group()
 def store() -> None:
     """Manage the message store."""

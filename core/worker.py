@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
+from nats.js.errors import FetchTimeoutError, NotFoundError
 from pydantic import BaseModel, ValidationError
 
 from core import subjects
@@ -329,9 +329,12 @@ class CoreWorker:
             source = by_stream.get(subjects.region_ingest_stream(region))
             if source is not None and source.lag is not None:
                 self._metrics.sync_lag.labels(region=region).set(source.lag)
-        consumer = await self._js.consumer_info(
-            subjects.HUB_INGEST_STREAM, subjects.SEQUENCER_CONSUMER
-        )
+        try:
+            consumer = await self._js.consumer_info(
+                subjects.HUB_INGEST_STREAM, subjects.SEQUENCER_CONSUMER
+            )
+        except NotFoundError:
+            return  # The consume task creates the consumer a moment after start.
         pending = (consumer.num_pending or 0) + (consumer.num_ack_pending or 0)
         self._metrics.pending.set(pending)
 
