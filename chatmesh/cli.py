@@ -383,3 +383,145 @@ def bench(
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         click.echo(f"\nwrote {json_path}")
+
+
+@main.command()
+@click.option(
+    "--report",
+    "report_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="A `chatmesh bench --json` report with a mesh run: the measured costs.",
+)
+@click.option(
+    "--users", type=float, default=1e9, show_default=True, help="Registered users."
+)
+@click.option(
+    "--daily-active",
+    type=click.FloatRange(0, 1),
+    default=0.2,
+    show_default=True,
+    help="Share of users active each day.",
+)
+@click.option(
+    "--online",
+    type=click.FloatRange(0, 1),
+    default=0.25,
+    show_default=True,
+    help="Share of daily active users online at peak.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0),
+    default=0.2,
+    show_default=True,
+    help="Messages per second per online user.",
+)
+@click.option(
+    "--message-bytes",
+    type=click.FloatRange(1),
+    default=500,
+    show_default=True,
+    help="Content bytes per message.",
+)
+@click.option(
+    "--regions",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Regions sharing the load evenly.",
+)
+@click.option(
+    "--connections-per-server",
+    type=click.FloatRange(1),
+    default=2e6,
+    show_default=True,
+    help="Connections one edge server holds.",
+)
+@click.option(
+    "--cores-per-server",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="CPU cores per server.",
+)
+@click.option(
+    "--bytes-per-connection",
+    type=click.FloatRange(1),
+    default=32 * 1024,
+    show_default=True,
+    help="Memory per idle connection at the edge.",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds between a client's pings.",
+)
+@click.option(
+    "--session-minutes",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Mean minutes a user stays online.",
+)
+@click.option(
+    "--store-writes-per-node",
+    type=click.FloatRange(1),
+    default=50_000,
+    show_default=True,
+    help="Replica writes/s one store node sustains.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows.")
+def capacity(
+    report_path: Path,
+    users: float,
+    daily_active: float,
+    online: float,
+    rate: float,
+    message_bytes: float,
+    regions: int,
+    connections_per_server: float,
+    cores_per_server: int,
+    bytes_per_connection: float,
+    heartbeat_interval: float,
+    session_minutes: float,
+    store_writes_per_node: float,
+    as_json: bool,
+) -> None:
+    """Size a deployment from a benchmark report and stated assumptions."""
+    import json
+    from dataclasses import asdict
+
+    from chatmesh.capacity import (
+        Assumptions,
+        capacity_model,
+        format_rows,
+        measured_from_report,
+    )
+
+    try:
+        measured = measured_from_report(report_path)
+    except (ValueError, KeyError) as exc:
+        raise click.ClickException(f"cannot use {report_path}: {exc}") from exc
+    assumptions = Assumptions(
+        users=users,
+        daily_active_share=daily_active,
+        online_share=online,
+        messages_per_online_user_s=rate,
+        message_bytes=message_bytes,
+        regions=regions,
+        connections_per_server=connections_per_server,
+        cores_per_server=cores_per_server,
+        bytes_per_connection=bytes_per_connection,
+        heartbeat_interval_s=heartbeat_interval,
+        session_minutes=session_minutes,
+        store_writes_per_node_s=store_writes_per_node,
+    )
+    rows = capacity_model(assumptions, measured)
+    if as_json:
+        body = {"measured": asdict(measured), "rows": [asdict(r) for r in rows]}
+        click.echo(json.dumps(body, indent=2))
+    else:
+        click.echo(format_rows(rows, measured))
