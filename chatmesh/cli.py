@@ -525,3 +525,75 @@ def capacity(
         click.echo(json.dumps(body, indent=2))
     else:
         click.echo(format_rows(rows, measured))
+
+
+@main.command("bench-presence")
+@click.option(
+    "--clients",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Connected clients, spread round-robin over the regions.",
+)
+@click.option(
+    "--ping-interval",
+    "ping_interval_s",
+    type=click.FloatRange(0.01),
+    default=1.0,
+    show_default=True,
+    help="Seconds between a client's pings.",
+)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(1),
+    default=20.0,
+    show_default=True,
+    help="Seconds of pinging.",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Measure the mesh running in this run directory. Default: start one.",
+)
+@topology_option
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write the report to this JSON file.",
+)
+def bench_presence(
+    clients: int,
+    ping_interval_s: float,
+    duration_s: float,
+    run_dir: Path | None,
+    topology_file: Path | None,
+    json_path: Path | None,
+) -> None:
+    """Count hub presence messages per client heartbeat."""
+    import json
+
+    from chatmesh.benchmarks.presence import (
+        PresenceOptions,
+        format_presence,
+        run_presence_bench,
+    )
+
+    options = PresenceOptions(
+        clients=clients,
+        ping_interval_s=ping_interval_s,
+        duration_s=duration_s,
+        topology=_load(topology_file),
+        run_dir=run_dir,
+    )
+    try:
+        report = asyncio.run(run_presence_bench(options))
+    except (ProcessFailed, FileNotFoundError, ConnectionError) as exc:
+        raise click.ClickException(f"the benchmark failed: {exc}") from exc
+    click.echo(format_presence(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"\nwrote {json_path}")
