@@ -157,6 +157,7 @@ async def _sample_window(
     before = await scrape_all(target.metrics_urls)
     await asyncio.sleep(workload.duration_s)
     out["processes"] = cpu.close(time.monotonic())
+    out["machine_cpu_percent"] = cpu.machine_percent
     out["before"] = before
     out["after"] = await scrape_all(target.metrics_urls)
 
@@ -188,14 +189,34 @@ def _result(
         "commit_ms": percentiles(t.commit_ms),
         "processes": [asdict(p) for p in processes],
         "cpu_percent_total": round(sum(p.cpu_percent for p in processes), 1),
+        # Busy CPU of the whole machine, 100 per core: the rest of it belongs
+        # to processes outside the benchmark, which distort its figures.
+        "machine_cpu_percent": window.get("machine_cpu_percent"),
         "load_average_before": round(load_before, 2),
         "load_average_after": round(os.getloadavg()[0], 2),
     }
+    result["cpu_us_per_message"] = _cpu_per_message(processes, t.completed, duration_s)
     before: dict[str, Scrape] = window.get("before", {})
     after: dict[str, Scrape] = window.get("after", {})
     if before and after:
         result["mesh_metrics"] = summarize_mesh(before, after, t.measured_sent)
     return result
+
+
+def _cpu_per_message(
+    processes: list[ProcessUsage], completed: int, duration_s: float
+) -> dict[str, float | None]:
+    """Return CPU microseconds per completed message, without and with the load."""
+    if not completed:
+        return {"target": None, "with_load_generator": None}
+    cpu_s = [p.cpu_percent / 100 * duration_s for p in processes]
+    target_s = sum(
+        c for p, c in zip(processes, cpu_s, strict=True) if p.name != "load-generator"
+    )
+    return {
+        "target": round(target_s / completed * 1e6, 1),
+        "with_load_generator": round(sum(cpu_s) / completed * 1e6, 1),
+    }
 
 
 def _ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -212,6 +233,10 @@ def _ratios(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "messages_per_s": _ratio(mesh["messages_per_s"], base["messages_per_s"]),
             "p50_ms": _ratio(mesh["latency_ms"]["p50"], base["latency_ms"]["p50"]),
             "p99_ms": _ratio(mesh["latency_ms"]["p99"], base["latency_ms"]["p99"]),
+            "cpu_us_per_message": _ratio(
+                mesh["cpu_us_per_message"]["target"],
+                base["cpu_us_per_message"]["target"],
+            ),
         }
     return ratios
 
@@ -236,7 +261,7 @@ def format_report(report: dict[str, Any]) -> str:
     header = (
         f"{'target':<7} {'sent/s':>9} {'msgs/s':>9} {'rcpt/s':>9} {'p50 ms':>8} "
         f"{'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'missing':>8} {'cpu %':>7} "
-        f"{'load':>5}"
+        f"{'all %':>6} {'load':>5}"
     )
     lines = [header]
     for run in report["runs"]:
@@ -246,7 +271,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"{run['messages_per_s']:>9,.0f} {run['receipts_per_s']:>9,.0f} "
             f"{_ms(lat['p50']):>8} {_ms(lat['p90']):>8} {_ms(lat['p99']):>8} "
             f"{_ms(lat['p999']):>9} {run['missing_receipts']:>8} "
-            f"{run['cpu_percent_total']:>7.0f} {run['load_average_after']:>5.2f}"
+            f"{run['cpu_percent_total']:>7.0f} {run['machine_cpu_percent'] or 0:>6.0f} "
+            f"{run['load_average_after']:>5.2f}"
         )
     for run in report["runs"]:
         lines.append(f"\n{run['target']} processes (CPU % of one core, RSS MiB):")
@@ -254,6 +280,11 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(
                 f"  {p['name']:<18} {p['cpu_percent']:>6.1f}%  {p['rss_mib']:>7.1f} MiB"
             )
+        cost = run["cpu_us_per_message"]
+        lines.append(
+            f"  CPU per message: {cost['target']} us in the target, "
+            f"{cost['with_load_generator']} us with the load generator"
+        )
         if run["errors"]:
             lines.append(f"  errors: {run['errors']}")
     for name, ratio in report["ratios"].items():

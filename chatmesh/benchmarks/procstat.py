@@ -75,14 +75,30 @@ def usage(
     )
 
 
+def machine_busy_s() -> float:
+    """Return CPU seconds all cores of the machine spent busy since boot."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    # user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks[:8]) - idle) / CLOCK_TICKS_PER_S
+
+
 class CpuWindow:
     """CPU samples of named processes at the start of a window, to diff at its end."""
 
     def __init__(self, pids: dict[str, int], now_s: float) -> None:
         self._pids = dict(pids)
         self._before = {name: sample_cpu(pid, now_s) for name, pid in pids.items()}
+        self._machine_before = (machine_busy_s(), now_s)
+        self.machine_percent = 0.0
 
     def close(self, now_s: float) -> list[ProcessUsage]:
+        """Return each process's usage; also set `machine_percent` (all cores)."""
+        busy_before, at_before = self._machine_before
+        if now_s > at_before:
+            share = (machine_busy_s() - busy_before) / (now_s - at_before)
+            self.machine_percent = round(share * 100, 1)
         result = []
         for name, pid in self._pids.items():
             measured = usage(name, self._before[name], sample_cpu(pid, now_s))
