@@ -69,6 +69,15 @@ class IngestBatcher:
 
         Raises the publish error of the batch when JetStream did not store it.
         """
+        await self.add(envelope)
+
+    def add(self, envelope: bytes) -> asyncio.Future[None]:
+        """Add one encoded envelope to the open batch; return its batch's outcome.
+
+        Envelopes enter batches, and batches enter the stream, in the order
+        of `add` calls. The future fails with the publish error of the batch
+        when JetStream did not store it.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch = self._open
         batch.envelopes.append(envelope)
@@ -80,7 +89,7 @@ class IngestBatcher:
             self._timer = asyncio.get_running_loop().call_later(
                 self._linger_s, self._flush
             )
-        await future
+        return future
 
     async def close(self) -> None:
         """Send what is open and wait for every batch in flight."""

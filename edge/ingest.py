@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 
 import structlog
 from nats.errors import NoRespondersError
@@ -66,17 +67,27 @@ class Ingest:
         self, sender: str, connection: str, frame: SendFrame
     ) -> AcceptedEvent:
         """Validate and store `frame`; raise a `ClientError` if it is rejected."""
+        return await (await self.enqueue(sender, connection, frame))
+
+    async def enqueue(
+        self, sender: str, connection: str, frame: SendFrame
+    ) -> Awaitable[AcceptedEvent]:
+        """Validate `frame` and add it to the open batch; return its acceptance.
+
+        Raises a `ClientError` for an invalid frame. The returned awaitable
+        yields the `accepted` event once the batch is stored, or raises
+        `Unavailable`. Messages enter the stream in the order of `enqueue`
+        calls, so a connection that awaits each `enqueue` keeps its order.
+        """
         check_content(frame, self._max_content_bytes)
         if frame.group is not None:
             await self._check_group(sender, frame.group, frame.id)
         else:
             await self._check_recipient(sender, frame.to or "", frame.id)
-
         key = f"{sender}:{frame.id}"
         earlier = self._recent.lookup(key)
         if earlier is not None:
-            await self._await_earlier(earlier, frame.id)
-            return AcceptedEvent(id=frame.id, duplicate=True)
+            return self._duplicate(earlier, frame.id)
         envelope = IngestEnvelope(
             sender=sender,
             recipient=frame.to,
@@ -87,26 +98,39 @@ class Ingest:
             origin=Origin(region=self._region, edge=self._edge, connection=connection),
         )
         pending = self._recent.start(key)
-        try:
-            await self._batcher.submit(envelope.model_dump_json().encode())
-        except Exception as exc:
-            self._recent.finish(key, pending, exc)
-            raise _unavailable(frame.id) from exc
-        self._recent.finish(key, pending, None)
-        self._metrics.accepted.inc()
-        log.debug("ingest.accepted", sender=sender, client_msg_id=frame.id)
-        return AcceptedEvent(id=frame.id, duplicate=False)
+        stored = self._batcher.add(envelope.model_dump_json().encode())
+        return self._settle(key, pending, stored, frame.id)
 
     async def close(self) -> None:
         """Store the open batch and wait for the batches in flight."""
         await self._batcher.close()
 
-    async def _await_earlier(self, earlier: asyncio.Future[None], ref: str) -> None:
+    async def _settle(
+        self,
+        key: str,
+        pending: asyncio.Future[None],
+        stored: asyncio.Future[None],
+        ref: str,
+    ) -> AcceptedEvent:
+        try:
+            await stored
+        except Exception as exc:
+            self._recent.finish(key, pending, exc)
+            raise _unavailable(ref) from exc
+        self._recent.finish(key, pending, None)
+        self._metrics.accepted.inc()
+        log.debug("ingest.accepted", client_msg_id=ref)
+        return AcceptedEvent(id=ref, duplicate=False)
+
+    async def _duplicate(
+        self, earlier: asyncio.Future[None], ref: str
+    ) -> AcceptedEvent:
         """Wait for an earlier send of the same id that may still be in flight."""
         try:
             await asyncio.shield(earlier)
         except Exception as exc:
             raise _unavailable(ref) from exc
+        return AcceptedEvent(id=ref, duplicate=True)
 
     async def _check_recipient(self, sender: str, to: str, ref: str) -> None:
         if to == sender:
