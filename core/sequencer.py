@@ -87,14 +87,27 @@ class Sequencer:
         message was rejected (a group post by a non-member; the sender is told
         through the delivery path) or its content is invalid (it is dropped).
         """
+        outcomes = await self.commit_batch(envelopes)
+        await self.route_batch(envelopes, outcomes)
+        return [o[0] if isinstance(o, tuple) else None for o in outcomes]
+
+    async def commit_batch(self, envelopes: list[IngestEnvelope]) -> list[Outcome]:
+        """Store the envelopes' new messages, retrying store failures until they pass.
+
+        Returns one outcome per envelope, for `route_batch`.
+        """
         async with self.lock:
-            outcomes = await _retry_store(
+            return await _retry_store(
                 lambda: self._commit_batch(envelopes), envelopes[0]
             )
+
+    async def route_batch(
+        self, envelopes: list[IngestEnvelope], outcomes: list[Outcome]
+    ) -> None:
+        """Publish each region's deliveries of a committed batch as one message."""
         started = time.perf_counter()
         await self._route_batch(envelopes, outcomes)
         self._metrics.route_seconds.observe(time.perf_counter() - started)
-        return [o[0] if isinstance(o, tuple) else None for o in outcomes]
 
     async def members_of(self, group: str) -> dict[UserId, GroupRole]:
         """Return the group's current members, from the cache or the store."""

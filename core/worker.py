@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -16,12 +15,12 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError, NotFoundError
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
 from core import subjects
 from core.catchup import fetch_sync_page
+from core.consumer import IngestConsumer
 from core.errors import ClientError
 from core.groups import GroupService
 from core.ids import MessageIdGenerator, UserId
@@ -32,8 +31,6 @@ from core.schema import (
     Delivery,
     DeliveryBatch,
     GroupRequest,
-    IngestBatch,
-    IngestEnvelope,
     PresenceReport,
     PresenceRequest,
     ServiceError,
@@ -52,15 +49,10 @@ from topology.render import hub_client_urls
 
 log = structlog.get_logger(__name__)
 
-FETCH_BATCH = 256
-FETCH_TIMEOUT_S = 1.0
-ACK_WAIT_S = 30.0
 STARTUP_RETRY_S = 0.5
 SERVICE_QUEUE = "core"
 PUBLISH_TIMEOUT_S = 2.0
 PUBLISH_ATTEMPTS = 8
-# Client messages per sequencer commit: one store write each.
-COMMIT_BATCH = 512
 # How often the worker reads the hub's stream state for the lag gauges.
 LAG_POLL_INTERVAL_S = 2.0
 
@@ -117,7 +109,9 @@ class CoreWorker:
         await self._subscribe_services(self._nc)
         interval_s = self._topology.presence.report_interval_s
         self._tasks += [
-            asyncio.create_task(self._consume(self._sequencer)),
+            asyncio.create_task(
+                IngestConsumer(self._js, self._sequencer, self._metrics).run()
+            ),
             asyncio.create_task(
                 self._presence.publish_changes_forever(self._nc, interval_s)
             ),
@@ -213,101 +207,6 @@ class CoreWorker:
                 delay_s = min(delay_s * 2, 5.0)
 
     # ---- sequencer loop ------------------------------------------------------
-
-    async def _consume(self, sequencer: Sequencer) -> None:
-        assert self._js is not None
-        config = ConsumerConfig(
-            durable_name=subjects.SEQUENCER_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=ACK_WAIT_S,
-            max_ack_pending=FETCH_BATCH * 4,
-        )
-        sub = await self._pull_subscribe(config)
-        log.info("core.consuming", stream=subjects.HUB_INGEST_STREAM)
-        while True:
-            try:
-                batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-            except (FetchTimeoutError, TimeoutError):
-                continue
-            except Exception:
-                log.exception("core.fetch_failed")
-                self._metrics.errors.labels(kind="fetch_failed").inc()
-                await asyncio.sleep(STARTUP_RETRY_S)
-                continue
-            await self._process_batch(sequencer, batch)
-
-    async def _pull_subscribe(
-        self, config: ConsumerConfig
-    ) -> JetStreamContext.PullSubscription:
-        assert self._js is not None
-        while True:
-            try:
-                return await self._js.pull_subscribe(
-                    "chatmesh.ingest.>",
-                    durable=subjects.SEQUENCER_CONSUMER,
-                    stream=subjects.HUB_INGEST_STREAM,
-                    config=config,
-                )
-            except Exception as exc:
-                log.warning("core.consumer_retry", error=repr(exc))
-                await asyncio.sleep(STARTUP_RETRY_S)
-
-    async def _process_batch(self, sequencer: Sequencer, msgs: list[Msg]) -> None:
-        """Commit every client message of the fetched stream messages, then ack them.
-
-        A failure naks them all: the redelivery finds the messages already
-        stored under their (sender, client id) keys and only routes them again.
-        """
-        envelopes: list[IngestEnvelope] = []
-        valid: list[Msg] = []
-        for msg in msgs:
-            unpacked = self._unpack(msg)
-            if unpacked is None:
-                await msg.term()
-                continue
-            envelopes += unpacked
-            valid.append(msg)
-        self._observe_receipt(envelopes)
-        try:
-            for start in range(0, len(envelopes), COMMIT_BATCH):
-                await sequencer.handle_batch(envelopes[start : start + COMMIT_BATCH])
-        except Exception:
-            log.exception("core.handle_failed", messages=len(envelopes))
-            self._metrics.errors.labels(kind="handle_failed").inc()
-            for msg in valid:
-                await msg.nak(delay=1.0)
-            return
-        for msg in valid:
-            await msg.ack()
-
-    def _unpack(self, msg: Msg) -> list[IngestEnvelope] | None:
-        """Return the client messages of one stream message, or None if it is invalid.
-
-        Edges store `IngestBatch`es; a single `IngestEnvelope` is what edges
-        stored before they batched, and may still wait in the stream.
-        """
-        try:
-            return list(IngestBatch.model_validate_json(msg.data).envelopes)
-        except ValidationError as batch_error:
-            try:
-                return [IngestEnvelope.model_validate_json(msg.data)]
-            except ValidationError:
-                pass
-            # Edges validate before they accept, so this is a bug or tampering.
-            log.error(
-                "core.poison_message", subject=msg.subject, error=str(batch_error)
-            )
-            self._metrics.errors.labels(kind="poison_message").inc()
-            return None
-
-    def _observe_receipt(self, envelopes: list[IngestEnvelope]) -> None:
-        now_ms = time.time_ns() / 1_000_000
-        self._metrics.received.inc(len(envelopes))
-        for envelope in envelopes:
-            self._metrics.edge_to_core_seconds.observe(
-                max(0.0, now_ms - envelope.accepted_at_ms) / 1000
-            )
 
     # ---- lag -----------------------------------------------------------------
 

@@ -51,6 +51,9 @@ class Tally:
     receipts: int = 0
     expected_receipts: int = 0
     completed: int = 0
+    # Receipts, and messages whose last receipt came, inside the measured window.
+    window_receipts: int = 0
+    window_completed: int = 0
     pongs: int = 0
     missed_slots: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -70,6 +73,9 @@ class LoadRecorder:
         self._open: dict[str, tuple[int, int]] = {}
         self._sent_at: dict[str, int] = {}
         self._drained = asyncio.Event()
+        # Warm-up messages: receipts still expected, to count those completed
+        # inside the window.
+        self._open_before: dict[str, int] = {}
 
     def measured(self, sent_ns: int) -> bool:
         return self.measure_from_ns <= sent_ns < self.measure_until_ns
@@ -77,7 +83,9 @@ class LoadRecorder:
     def on_sent(self, ref: str, sent_ns: int, receipts: int) -> None:
         self.tally.sent += 1
         self._sent_at[ref] = sent_ns
-        if self.measured(sent_ns):
+        if sent_ns < self.measure_from_ns:
+            self._open_before[ref] = receipts
+        elif self.measured(sent_ns):
             self.tally.measured_sent += 1
             self.tally.expected_receipts += receipts
             self._open[ref] = (sent_ns, receipts)
@@ -95,7 +103,11 @@ class LoadRecorder:
             self.tally.commit_ms.append((now_ns - sent_ns) / NS_PER_MS)
 
     def on_received(self, ref: str, sent_ns: int, now_ns: int) -> None:
+        in_window = self.measured(now_ns)
+        if in_window:
+            self.tally.window_receipts += 1
         if not self.measured(sent_ns):
+            self._count_warmup_receipt(ref, in_window)
             return
         self.tally.receipts += 1
         self.tally.receipt_ms.append((now_ns - sent_ns) / NS_PER_MS)
@@ -105,10 +117,23 @@ class LoadRecorder:
         if entry[1] <= 1:
             del self._open[ref]
             self.tally.completed += 1
+            if in_window:
+                self.tally.window_completed += 1
             if not self._open:
                 self._drained.set()
         else:
             self._open[ref] = (entry[0], entry[1] - 1)
+
+    def _count_warmup_receipt(self, ref: str, in_window: bool) -> None:
+        remaining = self._open_before.get(ref)
+        if remaining is None:
+            return
+        if remaining > 1:
+            self._open_before[ref] = remaining - 1
+            return
+        del self._open_before[ref]
+        if in_window:
+            self.tally.window_completed += 1
 
     def on_error(self, ref: str | None, code: str) -> None:
         self.tally.errors[code] += 1
