@@ -29,7 +29,6 @@ from core.natsconn import close_nats, connect_nats
 from core.presence import PresenceService
 from core.schema import (
     Delivery,
-    DeliveryBatch,
     GroupRequest,
     PresenceReport,
     PresenceRequest,
@@ -38,6 +37,7 @@ from core.schema import (
     SyncRequest,
     UserReply,
     UserRequest,
+    encode_delivery_batch,
 )
 from core.sequencer import Sequencer
 from core.sessions import SessionRegistry
@@ -53,6 +53,8 @@ STARTUP_RETRY_S = 0.5
 SERVICE_QUEUE = "core"
 PUBLISH_TIMEOUT_S = 2.0
 PUBLISH_ATTEMPTS = 8
+# Well under NATS's default max_payload of 1 MiB.
+DELIVERY_BATCH_MAX_BYTES = 512 * 1024
 # How often the worker reads the hub's stream state for the lag gauges.
 LAG_POLL_INTERVAL_S = 2.0
 
@@ -169,19 +171,42 @@ class CoreWorker:
         await nc.subscribe(subjects.PRESENCE_REPORTS, cb=self._on_presence_report)
 
     async def _publish_delivery(self, region: str, deliveries: list[Delivery]) -> None:
-        """Publish deliveries to the hub's delivery stream as one message.
+        """Publish deliveries to the hub's delivery stream, in order.
 
-        Retries while the hub recovers. The `Nats-Msg-Id` names the first and
-        last delivery and the count, so a retry of the same batch is stored
-        once; a replay after a crash may group deliveries differently and
-        repeat some, which clients drop by their cursors.
+        They travel as `DeliveryBatch` messages of at most
+        `DELIVERY_BATCH_MAX_BYTES` each (a single larger delivery travels
+        alone), because NATS refuses messages over its max_payload (1 MiB
+        by default).
+        """
+        chunk: list[bytes] = []
+        first = 0
+        size = 0
+        for index, delivery in enumerate(deliveries):
+            encoded = delivery.model_dump_json().encode()
+            if chunk and size + len(encoded) > DELIVERY_BATCH_MAX_BYTES:
+                await self._publish_chunk(region, deliveries[first:index], chunk)
+                chunk, first, size = [], index, 0
+            chunk.append(encoded)
+            size += len(encoded)
+        if chunk:
+            await self._publish_chunk(region, deliveries[first:], chunk)
+
+    async def _publish_chunk(
+        self, region: str, deliveries: list[Delivery], encoded: list[bytes]
+    ) -> None:
+        """Publish one delivery batch, retrying while the hub recovers.
+
+        The `Nats-Msg-Id` names the first and last delivery and the count, so
+        a retry of the same batch is stored once; a replay after a crash may
+        group deliveries differently and repeat some, which clients drop by
+        their cursors.
         """
         assert self._js is not None
         msg_id = (
             f"{region}:{_delivery_key(deliveries[0])}:"
             f"{_delivery_key(deliveries[-1])}:{len(deliveries)}"
         )
-        payload = DeliveryBatch(deliveries=deliveries).model_dump_json().encode()
+        payload = encode_delivery_batch(encoded)
         delay_s = STARTUP_RETRY_S
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
@@ -201,12 +226,11 @@ class CoreWorker:
                     "core.delivery_retry",
                     region=region,
                     attempt=attempt,
+                    bytes=len(payload),
                     error=repr(exc),
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
-
-    # ---- sequencer loop ------------------------------------------------------
 
     # ---- lag -----------------------------------------------------------------
 

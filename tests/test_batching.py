@@ -256,3 +256,35 @@ def test_topology_rejects_oversized_batches(tmp_path: Path) -> None:
     raw["ingest"] = {"batch_max_bytes": 2 * 1024 * 1024}
     with pytest.raises(TopologyError, match="batch_max_bytes"):
         parse_topology(raw)
+
+
+async def test_backlog_over_max_payload_is_routed(
+    slow_batch_mesh: Mesh, opened: list[ChatClient]
+) -> None:
+    # 400 messages of 3 KB committed at once need several delivery batches:
+    # one would exceed NATS's max_payload of 1 MiB.
+    alice = await connect(slow_batch_mesh, "alice", opened)
+    erin_url = slow_batch_mesh.edge_url(
+        slow_batch_mesh.topology.get_region("us-east").edges[0].name
+    )
+    erin = ChatClient(erin_url, token_for(slow_batch_mesh, "erin"))
+    await erin.connect()
+    opened.append(erin)
+    # The edge asks the core whether erin exists only once.
+    await alice.send("erin", "warm up the recipient cache")
+    await erin.wait_for_messages(1)
+    await erin.sync()
+    before = len(erin.shown)
+    core = slow_batch_mesh.processes["core-0"]
+    content = "x" * 3000
+
+    core.signal(signal.SIGSTOP)
+    try:
+        await asyncio.gather(*(alice.send("erin", content) for _ in range(400)))
+    finally:
+        core.signal(signal.SIGCONT)
+    shown = await erin.wait_for_messages(before + 400, timeout_s=60)
+
+    assert len(shown) == before + 400
+    seqs = [m.seq for m in shown if m.conversation == "dm:alice:erin"]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
