@@ -4,8 +4,8 @@ Committing and routing run as two stages. While the deliveries of one
 fetched batch wait for the hub's acks, the next batch is already being
 committed, so the store write and the publish round trips overlap. Each
 stream message is acked only after every client message in it is stored
-and routed, as before; a failure naks it, and the redelivery finds the
-messages stored under their (sender, client id) keys and routes them again.
+and routed. A failure naks it. Its redelivery finds the messages stored
+under their (sender, client id) keys and routes them again.
 """
 
 from __future__ import annotations

@@ -84,8 +84,9 @@ class Sequencer:
         """Commit and route envelopes in order, retrying store failures until they pass.
 
         Returns one entry per envelope: the stored message, or None when the
-        message was rejected (a group post by a non-member; the sender is told
-        through the delivery path) or its content is invalid (it is dropped).
+        message was rejected or dropped. A group post by a non-member is
+        rejected, and the sender gets an error through the delivery path. A
+        message with invalid content is dropped.
         """
         outcomes = await self.commit_batch(envelopes)
         await self.route_batch(envelopes, outcomes)
@@ -229,6 +230,7 @@ class Sequencer:
             recipient = UserId(envelope.recipient or "")
             conversation = direct_conversation(sender, recipient)
             members = list(conversation_members(conversation))
+
         existing = batch.known.get(key)
         if existing is not None:
             self._metrics.duplicates.inc()
@@ -244,6 +246,7 @@ class Sequencer:
                 code="not_a_member",
                 message=f"you are not a member of group {envelope.group!r}",
             )
+
         seq = await batch.next_seq(conversation, self._store)
         message = self._new_message(
             conversation,
@@ -256,6 +259,7 @@ class Sequencer:
             client_msg_id=envelope.client_msg_id,
             timestamp_ms=envelope.accepted_at_ms,
         )
+
         # Group messages list no members: the group's rows already do.
         row_members = [] if envelope.group is not None else members
         try:

@@ -197,9 +197,9 @@ class CoreWorker:
         """Publish one delivery batch, retrying while the hub recovers.
 
         The `Nats-Msg-Id` names the first and last delivery and the count, so
-        a retry of the same batch is stored once; a replay after a crash may
-        group deliveries differently and repeat some, which clients drop by
-        their cursors.
+        the hub stores a retried publish once. A replay after a crash may
+        group deliveries differently and repeat some, and clients drop the
+        repeats by their cursors.
         """
         assert self._js is not None
         msg_id = (

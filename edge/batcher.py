@@ -1,7 +1,7 @@
 """Gather client messages into batches, one JetStream write per batch.
 
 Every write to a leaf stream waits for an fsync, so one write per client
-message caps an edge at the disk's fsync rate. The batcher holds messages
+message caps an edge at the disk's fsync rate. The batcher keeps messages
 for at most the linger time (or until the batch is full) and stores them
 with one publish. A message's `submit` returns only when JetStream has
 acknowledged the batch that contains it, so `accepted` keeps its meaning:
@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 # (payload, Nats-Msg-Id) -> the stream's ack; raises when the write failed.
 PublishBatch = Callable[[bytes, str], Awaitable[PubAck]]
-# Same-edge resends inside this window are answered from memory.
+# The edge replies to a same-edge resend inside this window from memory.
 RECENT_WINDOW_S = 120.0
 RECENT_MAX_ENTRIES = 200_000
 
@@ -155,8 +155,8 @@ def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None) ->
 class RecentIds:
     """(sender, client id) pairs this edge stored recently, with their batch.
 
-    A resend of an id that is stored, or still in flight, on this edge is
-    answered as a duplicate without a second write. Other resends (after a
+    A resend of an id that is stored, or still in flight, on this edge gets
+    a duplicate reply without a second write. Other resends (after a
     restart, on another edge, or after the window) are written again and
     the store's (sender, client_msg_id) key keeps them from being stored
     twice.
@@ -197,7 +197,8 @@ class RecentIds:
         else:
             self._entries.pop(key, None)
             future.set_exception(error)
-            # Nobody else may be waiting; do not report the error as unretrieved.
+            # No other sender may wait on it: mark the error as retrieved so
+            # asyncio does not log it.
             future.exception()
 
     def _evict(self) -> None:

@@ -190,7 +190,7 @@ async def _handle_frame(runtime: EdgeRuntime, conn: Connection, text: str) -> No
 async def _start_send(
     runtime: EdgeRuntime, conn: Connection, frame: SendFrame, started: float
 ) -> None:
-    """Validate and batch a send in frame order; answer it once its batch is stored.
+    """Validate and batch a send in frame order; reply once its batch is stored.
 
     The receive loop goes on to the next frame while the batch waits for
     JetStream, so one connection may have up to `SENDS_IN_FLIGHT` messages

@@ -270,7 +270,7 @@ async def test_backlog_over_max_payload_is_routed(
     erin = ChatClient(erin_url, token_for(slow_batch_mesh, "erin"))
     await erin.connect()
     opened.append(erin)
-    # The edge asks the core whether erin exists only once.
+    # The edge caches that erin exists, so the stopped core is not needed.
     await alice.send("erin", "warm up the recipient cache")
     await erin.wait_for_messages(1)
     await erin.sync()

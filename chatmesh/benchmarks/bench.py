@@ -1,10 +1,10 @@
 """`chatmesh bench`: measure a mesh and its baselines in one run, in one harness.
 
-For each target (chatmesh, the bare Starlette relay, bare NATS) the run
-connects the same users, sends the same workload, and records throughput,
-latency percentiles from each send to every receipt, and the CPU and memory
-of every process involved, including the load generator itself. The
-report's ratios divide the mesh's figures by each baseline's.
+The targets are chatmesh, the bare Starlette relay and bare NATS. For each,
+the run connects the same users and sends the same workload. It records
+throughput, latency percentiles from each send to every receipt, and the
+CPU and memory of every process involved, the load generator included.
+The report's ratios divide the mesh's figures by each baseline's.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Each client sends 1-1 messages to random other users and, with probability
 `group_share`, messages to its group. Sends run flat out (each client keeps
 `window` messages awaiting `accepted`) or paced at a total `rate`. Sends in
-the first `warmup_s` are not measured; sends stop after `warmup_s +
-duration_s`, and the run then waits up to `drain_s` for measured messages
+the first `warmup_s` are not measured. Sending stops after `warmup_s +
+duration_s`, and then the run waits up to `drain_s` for measured messages
 still in flight.
 """
 
@@ -28,7 +28,7 @@ NS_PER_MS = 1_000_000
 
 @dataclass(frozen=True)
 class Workload:
-    """What the clients send, how fast and for how long."""
+    """The load: its rate, duration, window, message mix and content size."""
 
     duration_s: float
     warmup_s: float
@@ -63,7 +63,7 @@ class Tally:
 
 
 class LoadRecorder:
-    """Match accepted, committed and received events to the sends they answer."""
+    """Match accepted, committed and received events to the sends that caused them."""
 
     def __init__(self) -> None:
         self.tally = Tally()
@@ -158,7 +158,7 @@ class LoadRecorder:
 
 @dataclass(frozen=True)
 class Plan:
-    """Who the clients are, which group each belongs to, and its group size."""
+    """The simulated users, the group of each, and each group's members."""
 
     users: list[str]
     group_of: dict[str, str]

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
