@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from core.metrics import CONTENT_TYPE
 from core.schema import PROTOCOL_VERSION, USER_PATTERN
 from edge.runtime import EdgeIdentity, EdgeRuntime
 from edge.websocket import serve_websocket
@@ -52,12 +53,16 @@ def create_app(identity: EdgeIdentity) -> Starlette:
             {"user": user, "edge": owner, "url": identity.edge_url(owner)}
         )
 
+    async def metrics(request: Request) -> Response:
+        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE)
+
     async def websocket(ws: WebSocket) -> None:
         await serve_websocket(runtime, ws)
 
     routes = [
         Route("/healthz", healthz),
         Route("/v1/route", route),
+        Route("/metrics", metrics),
         WebSocketRoute("/v1/ws", websocket),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

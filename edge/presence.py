@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from core import subjects
+from core.metrics import EdgeMetrics
 from core.schema import PresenceChanges, PresenceEvent, PresenceReport, UserPresence
 from edge.sessions import Connection, LocalSessions
 
@@ -46,7 +47,12 @@ def next_report(
 
 
 async def report_presence_forever(
-    nc: Client, sessions: LocalSessions, region: str, edge: str, interval_s: float
+    nc: Client,
+    sessions: LocalSessions,
+    region: str,
+    edge: str,
+    interval_s: float,
+    metrics: EdgeMetrics,
 ) -> None:
     """Publish one presence report every `interval_s` until cancelled."""
     for report_seq in itertools.count(1):
@@ -55,8 +61,10 @@ async def report_presence_forever(
             await nc.publish(
                 subjects.PRESENCE_REPORTS, report.model_dump_json().encode()
             )
+            metrics.presence_reports.inc()
         except Exception:
             log.exception("presence.report_failed", edge=edge)
+            metrics.errors.labels(kind="presence_report_failed").inc()
         await asyncio.sleep(interval_s)
 
 

@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 
 from core import subjects
+from core.metrics import EdgeMetrics
 from core.natsconn import close_nats, connect_nats
 from edge.affinity import owner_edge
 from edge.core_client import CoreClient
@@ -54,10 +55,12 @@ class EdgeRuntime:
     def __init__(self, identity: EdgeIdentity) -> None:
         self.identity = identity
         self.sessions = LocalSessions()
+        self.metrics = EdgeMetrics()
+        self.metrics.connections.set_function(self.sessions.count)
         self._nc: Client | None = None
         self._core: CoreClient | None = None
         self._ingest: Ingest | None = None
-        self.fanout = DeliveryFanout(self.sessions, identity.edge.name)
+        self.fanout = DeliveryFanout(self.sessions, identity.edge.name, self.metrics)
         self._tasks: list[asyncio.Task[None]] = []
         self.ready = False
 
@@ -80,7 +83,13 @@ class EdgeRuntime:
         await self._ensure_streams(js, region)
         self._core = CoreClient(self._nc)
         self._ingest = Ingest(
-            js, self._core, region, edge, ident.topology.limits.max_content_bytes
+            js,
+            self._core,
+            region,
+            edge,
+            ident.topology.limits.max_content_bytes,
+            ident.topology.ingest,
+            self.metrics,
         )
         await self._nc.subscribe(
             subjects.PRESENCE_CHANGES, cb=PresenceFanout(self.sessions).on_changes
@@ -97,7 +106,7 @@ class EdgeRuntime:
         self._tasks.append(
             asyncio.create_task(
                 report_presence_forever(
-                    self._nc, self.sessions, region, edge, interval_s
+                    self._nc, self.sessions, region, edge, interval_s, self.metrics
                 )
             )
         )
@@ -112,6 +121,8 @@ class EdgeRuntime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._ingest is not None:
+            await self._ingest.close()
         if self._nc is not None:
             await close_nats(self._nc, f"edge-{self.identity.edge.name}")
         log.info("edge.stopped", edge=self.identity.edge.name)

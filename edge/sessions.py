@@ -12,6 +12,9 @@ log = structlog.get_logger(__name__)
 
 SendText = Callable[[str], Awaitable[None]]
 OUTBOX_LIMIT = 2048
+# Messages of one connection awaiting their batch's ack; the next send frame
+# waits for a slot, which slows a client that sends faster than the leaf stores.
+SENDS_IN_FLIGHT = 32
 _ids = itertools.count(1)
 
 
@@ -28,6 +31,8 @@ class Connection:
         self.outbox: asyncio.Queue[str | None] = asyncio.Queue(OUTBOX_LIMIT)
         self.overflowed = asyncio.Event()
         self.watching: set[str] = set()
+        self.send_slots = asyncio.Semaphore(SENDS_IN_FLIGHT)
+        self.sends: set[asyncio.Task[None]] = set()
 
     def push(self, text: str) -> None:
         try:

@@ -73,6 +73,7 @@ def resolve_ports(topology: Topology) -> Topology:
     if scylla["local_nodes"]:
         scylla["contact_points"] = local_cql_addresses(len(data["regions"]))
         _fill(scylla, ["port", "storage_port"])
+    _fill(data["core"], ["metrics_port"])
     return Topology.model_validate(data)
 
 
@@ -103,8 +104,19 @@ class RunLayout:
 class Mesh:
     """A running mesh: its processes by name and its endpoints."""
 
-    def __init__(self, topology: Topology, run_dir: Path) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        run_dir: Path,
+        leaf_hub_urls: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Build (not start) the processes; `leaf_hub_urls` reroutes leaf links.
+
+        A region named in `leaf_hub_urls` connects its leaf to those URLs
+        instead of the hub's leaf port, for a proxy between leaf and hub.
+        """
         self.topology = resolve_ports(topology)
+        self._leaf_hub_urls = dict(leaf_hub_urls or {})
         self.layout = RunLayout(run_dir)
         self.processes: dict[str, ManagedProcess] = {}
         self.cql_nodes: dict[str, CqlNode] = {}
@@ -123,7 +135,9 @@ class Mesh:
             self._add_nats(node.name, conf, f"http://{node.host}:{node.monitor_port}")
         for region in topo.regions:
             conf = write_config(
-                leaf_config(topo, region, layout.data),
+                leaf_config(
+                    topo, region, layout.data, self._leaf_hub_urls.get(region.name)
+                ),
                 layout.nats / f"leaf-{region.name}.conf",
             )
             monitor = f"http://{region.leaf.host}:{region.leaf.monitor_port}"
@@ -251,6 +265,7 @@ class Mesh:
         await proc.wait_healthy(SERVICE_READY_TIMEOUT_S)
 
     def endpoints(self) -> dict[str, Any]:
+        """Return what `mesh.json` records: URLs, metrics endpoints and pids."""
         topo = self.topology
         return {
             "hub": hub_client_urls(topo),
@@ -264,7 +279,35 @@ class Mesh:
                 }
                 for region in topo.regions
             },
+            "metrics": self.metrics_urls(),
+            "monitors": {
+                **{
+                    node.name: f"http://{node.host}:{node.monitor_port}"
+                    for node in topo.hub.nodes
+                },
+                **{
+                    f"leaf-{r.name}": f"http://{r.leaf.host}:{r.leaf.monitor_port}"
+                    for r in topo.regions
+                },
+            },
+            "pids": {
+                name: proc.pid
+                for name, proc in self.processes.items()
+                if proc.pid is not None
+            },
         }
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Return the Prometheus endpoint of every core and edge process by name."""
+        core = self.topology.core
+        urls = {
+            f"core-{worker}": f"http://{core.host}:{core.metrics_port}/metrics"
+            for worker in range(core.workers)
+        }
+        for region in self.topology.regions:
+            for edge in region.edges:
+                urls[f"edge-{edge.name}"] = f"http://{edge.host}:{edge.port}/metrics"
+        return urls
 
     def edge_url(self, edge_name: str) -> str:
         for region in self.topology.regions:

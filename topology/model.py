@@ -87,13 +87,16 @@ class Core(_Frozen):
     """The core workers: sequencer, router, session registry and sync service.
 
     `store_region` is the store datacenter the core reads and writes in
-    (default: the first region); it should be the one nearest the hub.
+    (default: the first region); it should be the one nearest the hub. The
+    worker serves Prometheus metrics at http://host:metrics_port/metrics.
     """
 
     # NOTE: one worker sequences every conversation; partitioning
     # conversations over several workers is not built yet.
     workers: int = Field(default=1, ge=1, le=1)
     store_region: Name | None = None
+    host: str = "127.0.0.1"
+    metrics_port: Port = 0
 
 
 class ScyllaStore(_Frozen):
@@ -129,6 +132,22 @@ class Limits(_Frozen):
     group_size_limit: int = Field(default=200, ge=2, le=10_000)
 
 
+class Ingest(_Frozen):
+    """How an edge batches client messages into its leaf's JetStream.
+
+    A batch is sent when it holds `batch_max_messages` messages or
+    `batch_max_bytes` bytes, or `batch_linger_ms` after its first message.
+    At most `max_batches_in_flight` batches await JetStream's ack at once,
+    and messages that arrive meanwhile wait for the next batch.
+    `batch_max_messages` 1 with `batch_linger_ms` 0 stores each message alone.
+    """
+
+    batch_max_messages: int = Field(default=256, ge=1, le=4096)
+    batch_max_bytes: int = Field(default=512 * 1024, ge=1024, le=900 * 1024)
+    batch_linger_ms: float = Field(default=2.0, ge=0, le=100)
+    max_batches_in_flight: int = Field(default=4, ge=1, le=64)
+
+
 class Presence(_Frozen):
     """How edges report sessions and how long a silent user stays online."""
 
@@ -145,6 +164,7 @@ class Topology(_Frozen):
     core: Core = Core()
     store: Store = Store()
     limits: Limits = Limits()
+    ingest: Ingest = Ingest()
     presence: Presence = Presence()
     dev_users: list[str] = Field(default_factory=list)
 

@@ -55,10 +55,20 @@ def hub_node_config(
     return config
 
 
-def leaf_config(topology: Topology, region: Region, data_dir: Path) -> dict[str, Any]:
-    """Return the nats-server config of a region's leaf node."""
+def leaf_config(
+    topology: Topology,
+    region: Region,
+    data_dir: Path,
+    hub_urls: list[str] | None = None,
+) -> dict[str, Any]:
+    """Return the nats-server config of a region's leaf node.
+
+    `hub_urls` replaces the hub's leaf-node URLs, to route the link through
+    a proxy (the benchmark's delay proxy does).
+    """
     leaf = region.leaf
-    hub_urls = [f"nats-leaf://{n.host}:{n.leaf_port}" for n in topology.hub.nodes]
+    if hub_urls is None:
+        hub_urls = hub_leaf_urls(topology)
     return {
         "server_name": f"leaf-{region.name}",
         "listen": f"{leaf.host}:{leaf.client_port}",
@@ -92,6 +102,10 @@ def write_config(config: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path
+
+
+def hub_leaf_urls(topology: Topology) -> list[str]:
+    return [f"nats-leaf://{n.host}:{n.leaf_port}" for n in topology.hub.nodes]
 
 
 def hub_client_urls(topology: Topology) -> list[str]:
