@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -79,11 +80,17 @@ async def _run_mesh(topology: Topology, run_dir: Path) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    supervisor: asyncio.Task[None] | None = None
     try:
         await mesh.start()
         _print_endpoints(mesh, run_dir)
+        supervisor = asyncio.create_task(mesh.supervise())
         await stop.wait()
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
         mesh.stop()
 
 
@@ -162,6 +169,16 @@ def core(topology_file: Path | None, run_dir: Path, worker: int) -> None:
     from core.main import run_core
 
     run_core(_load(topology_file), worker, RunLayout(run_dir).data)
+
+
+@main.command(hidden=True)
+@topology_option
+@run_dir_option
+def links(topology_file: Path | None, run_dir: Path) -> None:
+    """Run the proxy on the links between leaf nodes and the hub (started by `up`)."""
+    from topology.proxy import run_links
+
+    run_links(_load(topology_file))
 
 
 @main.group()
