@@ -8,6 +8,7 @@ accepted message survives the loss of every process of the region.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
 from nats.errors import NoRespondersError
@@ -43,8 +44,10 @@ class Ingest:
         region: str,
         edge: str,
         max_content_bytes: int,
+        leaf_connected: Callable[[], bool] = lambda: True,
     ) -> None:
         self._js = js
+        self._leaf_connected = leaf_connected
         self._core = core
         self._region = region
         self._edge = edge
@@ -55,6 +58,13 @@ class Ingest:
         self, sender: str, connection: str, frame: SendFrame
     ) -> AcceptedEvent:
         """Validate and store `frame`; raise a `ClientError` if it is rejected."""
+        if not self._leaf_connected():
+            # Fail at once: a publish would wait out its whole timeout.
+            raise Unavailable(
+                "this edge cannot reach its region's leaf node; resend the "
+                "message with the same id, here later or in another region",
+                ref=frame.id,
+            )
         check_content(frame, self._max_content_bytes)
         if frame.group is not None:
             await self._check_group(sender, frame.group, frame.id)
