@@ -51,6 +51,9 @@ class _EdgeState:
     region: str
     reported_at: float
     report_seq: int = 0
+    # Whether a full report arrived since this registry started.
+    had_full: bool = False
+    full_requested_at: float | None = None
 
 
 @dataclass
@@ -72,10 +75,12 @@ class SessionRegistry:
         offline_timeout_s: float,
         clock: Clock = time.time,
         silent_route_s: float = SILENT_ROUTE_S,
+        full_request_interval_s: float = 1.0,
     ) -> None:
         self._regions = frozenset(regions)
         self._timeout_s = offline_timeout_s
         self._silent_route_s = silent_route_s
+        self._full_request_interval_s = full_request_interval_s
         self._clock = clock
         self._started = clock()
         self._users: dict[str, _UserState] = {}
@@ -92,24 +97,39 @@ class SessionRegistry:
             "sessions.opened", user=event.user, region=event.region, edge=event.edge
         )
 
-    def on_report(self, report: PresenceReport) -> None:
+    def on_report(self, report: PresenceReport) -> bool:
+        """Apply an edge's report; return True to ask that edge for a full one.
+
+        A full report is needed when this registry has not had one from the
+        edge since it started (a restarted core has no sessions) or when
+        reports went missing. It is asked for at most once per
+        `full_request_interval_s`.
+        """
         now = self._clock()
         edge = self._touch_edge(report.edge, report.region, now)
-        if (
-            not report.full
-            and report.report_seq != edge.report_seq + 1
-            and edge.report_seq
-        ):
+        gap = bool(edge.report_seq) and report.report_seq != edge.report_seq + 1
+        if gap and not report.full:
             log.info(
                 "sessions.report_gap", edge=report.edge, expected=edge.report_seq + 1
             )
         edge.report_seq = report.report_seq
         if report.full:
+            edge.had_full = True
+            edge.full_requested_at = None
             self._close_missing(report.edge, set(report.online), now)
         for user in report.online:
             self._place(user, report.edge, report.region, connected=True, now=now)
         for user in report.offline:
             self._place(user, report.edge, report.region, connected=False, now=now)
+        return not report.full and (gap or not edge.had_full) and self._may_ask(edge)
+
+    def _may_ask(self, edge: _EdgeState) -> bool:
+        now = self._clock()
+        last = edge.full_requested_at
+        if last is not None and now - last < self._full_request_interval_s:
+            return False
+        edge.full_requested_at = now
+        return True
 
     # ---- queries -------------------------------------------------------------
 

@@ -20,7 +20,11 @@ from edge.affinity import owner_edge
 from edge.core_client import CoreClient
 from edge.deliveries import DeliveryFanout
 from edge.ingest import Ingest
-from edge.presence import PresenceFanout, report_presence_forever
+from edge.presence import (
+    FullReportRequests,
+    PresenceFanout,
+    report_presence_forever,
+)
 from edge.sessions import LocalSessions
 from sync.streams import ensure_region_streams
 from topology.model import Edge, Region, Topology
@@ -116,12 +120,16 @@ class EdgeRuntime:
         await self._nc.subscribe(
             subjects.PRESENCE_CHANGES, cb=PresenceFanout(self.sessions).on_changes
         )
+        full_requests = FullReportRequests(edge)
+        await self._nc.subscribe(
+            subjects.PRESENCE_FULL_REQUESTS, cb=full_requests.on_request
+        )
         await self._subscribe_deliveries()
         interval_s = ident.topology.presence.report_interval_s
         self._tasks += [
             asyncio.create_task(
                 report_presence_forever(
-                    self._nc, self.sessions, region, edge, interval_s
+                    self._nc, self.sessions, region, edge, interval_s, full_requests
                 )
             ),
             asyncio.create_task(self._keep_deliveries_forever()),

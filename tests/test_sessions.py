@@ -210,3 +210,27 @@ def test_closed_session_stops_routing_after_timeout() -> None:
     clock.now += TIMEOUT_S + 1
 
     assert registry.regions_of("alice") == set()
+
+
+def test_registry_asks_for_full_report_until_it_has_one() -> None:
+    clock = FakeClock()
+    registry = SessionRegistry(
+        ["eu", "us"], TIMEOUT_S, clock=clock, full_request_interval_s=2.0
+    )
+
+    assert registry.on_report(report("eu-1", 7, ["alice"])) is True
+    clock.now += 1
+    assert registry.on_report(report("eu-1", 8, [])) is False  # asked already
+    clock.now += 1.5
+    assert registry.on_report(report("eu-1", 9, [])) is True
+    assert registry.on_report(report("eu-1", 10, ["alice"], full=True)) is False
+    assert registry.on_report(report("eu-1", 11, [])) is False
+
+
+def test_registry_asks_for_full_report_after_gap() -> None:
+    clock = FakeClock()
+    registry = warmed(clock)
+    registry.on_report(report("eu-1", 1, ["alice"], full=True))
+
+    assert registry.on_report(report("eu-1", 2, [])) is False
+    assert registry.on_report(report("eu-1", 5, [])) is True
