@@ -47,6 +47,7 @@ WRONG_EDGE_CLOSE = 4009
 PING_INTERVAL_S = 20.0
 PING_TIMEOUT_S = 20.0
 OPEN_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 10.0
 
 
 class ChatError(Exception):
@@ -69,6 +70,8 @@ class ChatClient:
     another edge; cursors, shown messages and queued events carry over. The
     WebSocket pings the edge every `ping_interval_s` and closes when a pong
     takes longer than `ping_timeout_s`, which is how a frozen edge is noticed.
+    A close waits up to `close_timeout_s` for the edge's closing frame, so a
+    frozen edge is noticed after at most the sum of the three.
     """
 
     def __init__(
@@ -80,12 +83,14 @@ class ChatClient:
         ping_interval_s: float = PING_INTERVAL_S,
         ping_timeout_s: float = PING_TIMEOUT_S,
         open_timeout_s: float = OPEN_TIMEOUT_S,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self.url = url
         self._token = token
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
         self._open_timeout_s = open_timeout_s
+        self._close_timeout_s = close_timeout_s
         self.listeners: list[EventListener] = []
         self.cursors: dict[str, int] = dict(cursors or {})
         self.hello: HelloEvent | None = None
@@ -117,6 +122,7 @@ class ChatClient:
                 open_timeout=self._open_timeout_s,
                 ping_interval=self._ping_interval_s,
                 ping_timeout=self._ping_timeout_s,
+                close_timeout=self._close_timeout_s,
             )
             await ws.send(_json({"type": "auth", "token": self._token}))
             event = SERVER_EVENT.validate_json(await ws.recv())
@@ -214,11 +220,13 @@ class ChatClient:
         """Fetch everything after the cursors; return when caught up."""
         async with self._sync_lock:
             self._sync_done = asyncio.get_running_loop().create_future()
+            done = self._sync_done
             try:
                 await self._send_frame({"type": "sync", "cursors": self.cursors})
-                return await asyncio.wait_for(self._sync_done, timeout_s)
+                return await asyncio.wait_for(done, timeout_s)
             finally:
                 self._sync_done = None
+                _retrieve(done)
 
     async def next_event(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> Event:
         return await asyncio.wait_for(self.events.get(), timeout_s)
@@ -254,6 +262,7 @@ class ChatClient:
             return await asyncio.wait_for(future, timeout_s)
         finally:
             self._pending.pop(ref, None)
+            _retrieve(future)
 
     async def _send_frame(self, frame: dict[str, Any]) -> None:
         """Send one frame; raise `ChatError` with code `closed` if there is no link."""
@@ -384,6 +393,17 @@ async def _redirect_target(ws: ClientConnection) -> str | None:
     if ws.close_code == WRONG_EDGE_CLOSE and ws.close_reason:
         return ws.close_reason
     return None
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen.
+
+    When the connection closes while a frame is being sent, the read loop
+    fails the frame's future, but the sender raises before awaiting it.
+    Without this asyncio logs "Future exception was never retrieved".
+    """
+    if future.done() and not future.cancelled():
+        future.exception()
 
 
 def _json(frame: dict[str, Any]) -> str:

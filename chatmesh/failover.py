@@ -40,6 +40,7 @@ from core.schema import (
     MessageEvent,
     MessageView,
     SyncedEvent,
+    UserPresence,
 )
 
 log = structlog.get_logger(__name__)
@@ -85,6 +86,7 @@ class FailoverPolicy:
     healthy_probes: int = 2
     ping_interval_s: float = 2.0
     ping_timeout_s: float = 3.0
+    close_timeout_s: float = 1.0
 
 
 @dataclass
@@ -179,6 +181,7 @@ class FailoverClient:
             ping_interval_s=self.policy.ping_interval_s,
             ping_timeout_s=self.policy.ping_timeout_s,
             open_timeout_s=self.policy.connect_timeout_s,
+            close_timeout_s=self.policy.close_timeout_s,
         )
         self.client.listeners.append(self._on_event)
         self.regions: list[RegionEndpoints] = []
@@ -257,6 +260,11 @@ class FailoverClient:
         self._outbox[cmid] = _Outgoing(frame)
         async with asyncio.timeout(timeout_s), self._send_lock:
             return await self._send_in_order(cmid)
+
+    async def presence(self, users: list[str]) -> list[UserPresence]:
+        """Return the presence of `users`, asked on the current connection."""
+        await self._ready.wait()
+        return await self.client.presence(users)
 
     async def sync(self) -> SyncedEvent:
         """Fetch everything after the cursors on the current connection."""
