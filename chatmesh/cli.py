@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from chatmesh.chaos_cli import chaos
 from chatmesh.paths import DEFAULT_RUN_DIR, region_url
 from core.logs import configure_logging
 from core.tokens import DEFAULT_TTL_S, load_secret, mint_token
@@ -50,6 +51,9 @@ def _load(topology_file: Path | None) -> Topology:
 def main(log_level: str) -> None:
     """Run and use a chatmesh mesh."""
     configure_logging(log_level)
+
+
+main.add_command(chaos)
 
 
 @main.command()

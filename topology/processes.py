@@ -91,6 +91,14 @@ class ManagedProcess:
             f"see {self.log_path}\n{self.tail()}"
         )
 
+    async def check_health(self) -> bool:
+        """Run the health check once; False if it fails or raises."""
+        try:
+            return self.running() and await self._health()
+        except Exception as exc:
+            log.debug("process.health_pending", process=self.name, error=repr(exc))
+            return False
+
     def signal(self, sig: signal.Signals) -> None:
         if self.running():
             assert self._proc is not None
