@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
 
 import click
 
+from chatmesh.chaos_cli import chaos
 from chatmesh.paths import DEFAULT_RUN_DIR, region_url
 from chatmesh.topology_cli import topology
 from core.logs import configure_logging
@@ -52,6 +54,9 @@ def main(log_level: str) -> None:
     configure_logging(log_level)
 
 
+main.add_command(chaos)
+
+
 @main.command()
 @topology_option
 @run_dir_option
@@ -86,11 +91,17 @@ async def _run_mesh(topology: Topology, run_dir: Path) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    supervisor: asyncio.Task[None] | None = None
     try:
         await mesh.start()
         _print_endpoints(mesh, run_dir)
+        supervisor = asyncio.create_task(mesh.supervise())
         await stop.wait()
     finally:
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
         mesh.stop()
 
 
@@ -195,6 +206,16 @@ def status(run_dir: Path, interval_s: float, as_json: bool) -> None:
     click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
 
 
+@main.command(hidden=True)
+@topology_option
+@run_dir_option
+def links(topology_file: Path | None, run_dir: Path) -> None:
+    """Run the proxy on the links between leaf nodes and the hub (started by `up`)."""
+    from topology.proxy import run_links
+
+    run_links(_load(topology_file))
+
+
 @main.group()
 def store() -> None:
     """Manage the message store."""
@@ -229,6 +250,7 @@ def migrate(topology_file: Path | None, region: str | None) -> None:
         click.echo("schema is up to date")
     for migration in applied:
         click.echo(f"applied migration {migration.version}: {migration.name}")
+
 
 @main.command()
 @click.option(

@@ -19,7 +19,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
+from nats.js.errors import FetchTimeoutError, NotFoundError
 from pydantic import ValidationError
 
 from core import subjects
@@ -98,6 +98,7 @@ class IngestConsumer:
     ) -> JetStreamContext.PullSubscription:
         while True:
             try:
+                config = await self._rewind_consumer(config)
                 return await self._js.pull_subscribe(
                     "chatmesh.ingest.>",
                     durable=subjects.SEQUENCER_CONSUMER,
@@ -107,6 +108,41 @@ class IngestConsumer:
             except Exception as exc:
                 log.warning("core.consumer_retry", error=repr(exc))
                 await asyncio.sleep(RETRY_S)
+
+    async def _rewind_consumer(self, config: ConsumerConfig) -> ConsumerConfig:
+        """Return the consumer config to bind with, restarting it at its ack floor.
+
+        A worker that died leaves messages delivered to it but not acked.
+        JetStream would redeliver them only after `ack_wait`, after messages
+        that came later in the stream, and the sequencer would then commit a
+        sender's messages out of their order. So when messages are pending,
+        the durable consumer is deleted and created again to start right
+        after the last message acked. Messages acked above the floor are
+        delivered again and are no-ops for the sequencer.
+        """
+        stream, durable = subjects.HUB_INGEST_STREAM, subjects.SEQUENCER_CONSUMER
+        try:
+            info = await self._js.consumer_info(stream, durable)
+        except NotFoundError:
+            return config
+        if not info.num_ack_pending:
+            return config
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        log.warning(
+            "core.consumer_rewind",
+            pending=info.num_ack_pending,
+            ack_floor=floor,
+            delivered=info.delivered.stream_seq if info.delivered else None,
+        )
+        await self._js.delete_consumer(stream, durable)
+        return ConsumerConfig(
+            durable_name=durable,
+            ack_policy=config.ack_policy,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=floor + 1,
+            ack_wait=config.ack_wait,
+            max_ack_pending=config.max_ack_pending,
+        )
 
     async def _commit(self, msgs: list[Msg]) -> _Committed | None:
         """Store every client message of the fetched stream messages."""

@@ -436,6 +436,12 @@ class PresenceReport(_Wire):
     sent_at_ms: int
 
 
+class PresenceFullRequest(_Wire):
+    """The core asks the named edges to send a full report next time."""
+
+    edges: list[str]
+
+
 class PresenceChanges(_Wire):
     """A batch of presence changes the core publishes once per interval."""
 

@@ -30,6 +30,7 @@ from core.presence import PresenceService
 from core.schema import (
     Delivery,
     GroupRequest,
+    PresenceFullRequest,
     PresenceReport,
     PresenceRequest,
     ServiceError,
@@ -77,7 +78,9 @@ class CoreWorker:
             topology.store, topology.regions, topology.core_store_region, base_dir
         )
         self._registry = SessionRegistry(
-            self._regions, topology.presence.offline_timeout_s
+            self._regions,
+            topology.presence.offline_timeout_s,
+            full_request_interval_s=2 * topology.presence.report_interval_s,
         )
         self._sequencer = Sequencer(
             self._store,
@@ -309,11 +312,19 @@ class CoreWorker:
 
     async def _on_presence_report(self, msg: Msg) -> None:
         try:
-            self._registry.on_report(PresenceReport.model_validate_json(msg.data))
-            self._metrics.presence_reports.inc()
+            report = PresenceReport.model_validate_json(msg.data)
         except ValidationError as exc:
             log.warning("core.bad_presence_report", error=str(exc))
             self._metrics.errors.labels(kind="bad_presence_report").inc()
+            return
+        self._metrics.presence_reports.inc()
+        if self._registry.on_report(report):
+            log.info("core.full_report_requested", edge=report.edge)
+            request = PresenceFullRequest(edges=[report.edge])
+            assert self._nc is not None
+            await self._nc.publish(
+                subjects.PRESENCE_FULL_REQUESTS, request.model_dump_json().encode()
+            )
 
     async def _on_health(self, msg: Msg) -> None:
         status = b'{"status":"ok"}' if self.ready.is_set() else b'{"status":"starting"}'

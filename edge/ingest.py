@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from nats.errors import NoRespondersError
@@ -52,11 +52,13 @@ class Ingest:
         max_content_bytes: int,
         settings: IngestSettings,
         metrics: EdgeMetrics,
+        leaf_connected: Callable[[], bool] = lambda: True,
     ) -> None:
         self._js = js
         self._metrics = metrics
         self._batcher = IngestBatcher(edge, self._publish, settings, metrics)
         self._recent = RecentIds()
+        self._leaf_connected = leaf_connected
         self._core = core
         self._region = region
         self._edge = edge
@@ -84,6 +86,13 @@ class Ingest:
             await self._check_group(sender, frame.group, frame.id)
         else:
             await self._check_recipient(sender, frame.to or "", frame.id)
+        if not self._leaf_connected():
+            # Fail at once: a publish would wait out its whole timeout.
+            raise Unavailable(
+                "this edge cannot reach its region's leaf node; resend the "
+                "message with the same id, here later or in another region",
+                ref=frame.id,
+            )
         key = f"{sender}:{frame.id}"
         earlier = self._recent.lookup(key)
         if earlier is not None:

@@ -51,6 +51,11 @@ async def serve_websocket(runtime: EdgeRuntime, ws: WebSocket) -> None:
     if not runtime.ready:
         await ws.close(CLOSE_NOT_READY, "edge is starting; retry shortly")
         return
+    if not runtime.healthy:
+        await ws.close(
+            CLOSE_NOT_READY, "this edge cannot reach its leaf node; use another region"
+        )
+        return
     user = await _authenticate(runtime, ws)
     if user is None:
         return
@@ -94,6 +99,7 @@ def _auth_failure(exc: Exception) -> tuple[str, str]:
 async def _serve(runtime: EdgeRuntime, ws: WebSocket, user: str) -> None:
     ident = runtime.identity
     conn = Connection(ident.edge.name, user)
+    conn.close_transport = ws.close
     bound = log.bind(user=user, connection=conn.id, edge=ident.edge.name)
     runtime.sessions.add(conn)
     runtime.metrics.connections_opened.inc()

@@ -68,7 +68,10 @@ def leaf_config(
     """
     leaf = region.leaf
     if hub_urls is None:
-        hub_urls = hub_leaf_urls(topology)
+        remote = _hub_remote(topology, region)
+    else:
+        # The hub would tell the leaf its real addresses, bypassing the proxy.
+        remote = {"urls": hub_urls, "ignore_discovered_servers": True}
     return {
         "server_name": f"leaf-{region.name}",
         "listen": f"{leaf.host}:{leaf.client_port}",
@@ -80,9 +83,30 @@ def leaf_config(
         ),
         "leafnodes": {
             "reconnect": LEAF_RECONNECT,
-            "remotes": [{"urls": hub_urls}],
+            "remotes": [remote],
         },
     }
+
+
+def _hub_remote(topology: Topology, region: Region) -> dict[str, Any]:
+    """Return the leaf's remote that lists every hub node, or its link proxy ports.
+
+    Behind the proxy the leaf must ignore the hub nodes' own addresses, which
+    the hub sends it once connected, or it would bypass the proxy.
+    """
+    if not topology.links.proxy:
+        urls = [f"nats-leaf://{n.host}:{n.leaf_port}" for n in topology.hub.nodes]
+        return {"urls": urls}
+    ports = region.leaf.hub_link_ports
+    if len(ports) != len(topology.hub.nodes):
+        raise ValueError(
+            f"region {region.name!r} has {len(ports)} hub link port(s) for "
+            f"{len(topology.hub.nodes)} hub node(s); render from a topology "
+            "whose ports are resolved (topology.launcher.resolve_ports)"
+        )
+    host = topology.links.host
+    urls = [f"nats-leaf://{host}:{port}" for port in ports]
+    return {"urls": urls, "ignore_discovered_servers": True}
 
 
 def _jetstream(store_dir: Path, domain: str, sync_always: bool) -> dict[str, Any]:
