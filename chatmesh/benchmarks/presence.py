@@ -67,10 +67,10 @@ async def run_presence_bench(options: PresenceOptions) -> dict[str, Any]:
 async def _measure(
     options: PresenceOptions, mut: MeshUnderTest, target: Target
 ) -> dict[str, Any]:
-    reports: Counter[str] = Counter()
+    arrivals: list[tuple[float, str]] = []
 
     async def on_report(msg: Any) -> None:
-        reports[json.loads(msg.data).get("edge", "?")] += 1
+        arrivals.append((time.monotonic(), json.loads(msg.data).get("edge", "?")))
 
     nc = await nats.connect(servers=mut.endpoints["hub"], name="bench-presence")
     try:
@@ -94,6 +94,10 @@ async def _measure(
         after[n].total(m.EDGE_HEARTBEATS) - before[n].total(m.EDGE_HEARTBEATS)
         for n in after
         if n in before
+    )
+    # Only reports that arrived while the clients pinged count.
+    reports = Counter(
+        edge for at, edge in arrivals if started <= at <= started + elapsed
     )
     interval_s = mut.topology.presence.report_interval_s
     intervals = elapsed / interval_s
