@@ -1,10 +1,10 @@
 """`chatmesh capacity`: size a deployment from assumptions and measured costs.
 
-Every figure in the output names its source: an assumption (a command-line
-option, with the seed sizing as its default), a measurement (a field of a
-`chatmesh bench --json` report), or a derivation from the two. The model is
-arithmetic, not a simulation: it multiplies per-message and per-connection
-costs by the load and rounds counts up.
+Every figure in the output names its source. It is an assumption (a
+command-line option; the defaults size for 1B users), a measurement (a field
+of a `chatmesh bench --json` report), or a derivation from the two. The
+model is arithmetic, not a simulation: it multiplies per-message and
+per-connection costs by the load and rounds counts up.
 """
 
 from __future__ import annotations

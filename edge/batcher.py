@@ -11,10 +11,10 @@ the message is on the leaf's disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -61,7 +61,13 @@ class IngestBatcher:
         self._numbers = itertools.count(1)
         self._open = _Batch()
         self._timer: asyncio.TimerHandle | None = None
-        self._in_flight = asyncio.Semaphore(settings.max_batches_in_flight)
+        # Batches are published in the order they close, up to
+        # `max_batches_in_flight` at once. Full batches queue in `_closed`.
+        # When every slot is busy, the open batch keeps growing past its
+        # linger time and is sent as soon as a slot frees.
+        self._closed: deque[_Batch] = deque()
+        self._in_flight = 0
+        self._send_when_free = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, envelope: bytes) -> None:
@@ -93,10 +99,14 @@ class IngestBatcher:
 
     async def close(self) -> None:
         """Send what is open and wait for every batch in flight."""
-        self._flush()
-        for task in list(self._tasks):
-            with contextlib.suppress(Exception):
-                await task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._open.envelopes:
+            self._closed.append(self._take_open())
+        self._send_next()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _full(self, batch: _Batch) -> bool:
         return (
@@ -104,34 +114,62 @@ class IngestBatcher:
             or batch.size >= self._settings.batch_max_bytes
         )
 
+    def _take_open(self) -> _Batch:
+        batch, self._open = self._open, _Batch()
+        return batch
+
     def _flush(self) -> None:
+        """Close the open batch: on its linger timer, or when it is full."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._open = self._open, _Batch()
-        if not batch.envelopes:
-            return
-        task = asyncio.create_task(self._send(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if self._full(self._open):
+            self._closed.append(self._take_open())
+        elif self._open.envelopes:
+            self._send_when_free = True
+        self._send_next()
+
+    def _send_next(self) -> None:
+        """Start sending closed batches, in order, while slots are free."""
+        while self._in_flight < self._settings.max_batches_in_flight:
+            if self._closed:
+                batch = self._closed.popleft()
+            elif self._send_when_free and self._open.envelopes:
+                batch = self._take_open()
+            else:
+                self._send_when_free = False
+                return
+            self._send_when_free = False
+            self._in_flight += 1
+            # Tasks start in the order they are created, and nats-py queues a
+            # publish before its first await, so batches publish in order.
+            task = asyncio.create_task(self._send(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: _Batch) -> None:
+        try:
+            await self._publish_batch(batch)
+        finally:
+            self._in_flight -= 1
+            self._send_next()
+
+    async def _publish_batch(self, batch: _Batch) -> None:
         batch_id = f"{self._prefix}:{next(self._numbers)}"
         payload = encode_ingest_batch(self._edge, batch_id, batch.envelopes)
-        async with self._in_flight:
-            started = time.perf_counter()
-            try:
-                await self._publish(payload, batch_id)
-            except Exception as exc:
-                log.warning(
-                    "batcher.publish_failed",
-                    batch_id=batch_id,
-                    messages=len(batch.envelopes),
-                    error=repr(exc),
-                )
-                self._metrics.errors.labels(kind="ingest_publish_failed").inc()
-                _settle(batch.waiters, exc)
-                return
+        started = time.perf_counter()
+        try:
+            await self._publish(payload, batch_id)
+        except Exception as exc:
+            log.warning(
+                "batcher.publish_failed",
+                batch_id=batch_id,
+                messages=len(batch.envelopes),
+                error=repr(exc),
+            )
+            self._metrics.errors.labels(kind="ingest_publish_failed").inc()
+            _settle(batch.waiters, exc)
+            return
         self._metrics.batch_messages.observe(len(batch.envelopes))
         log.debug(
             "batcher.stored",

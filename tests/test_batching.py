@@ -117,6 +117,43 @@ async def test_batcher_flushes_full_batch_at_once() -> None:
     assert len({batch_id for _, batch_id in publish.calls}) == 2
 
 
+async def test_batcher_grows_batch_while_slots_busy() -> None:
+    publish = GatedPublish()
+    settings = Ingest(batch_linger_ms=1.0, max_batches_in_flight=1)
+    batcher = IngestBatcher("edge-1", publish, settings, EdgeMetrics())
+
+    first = asyncio.create_task(batcher.submit(envelope("u0", "c1")))
+    await asyncio.sleep(0.05)
+    later = [
+        asyncio.create_task(batcher.submit(envelope(f"u{i}", "c1"))) for i in (1, 2, 3)
+    ]
+    await asyncio.sleep(0.05)
+    assert len(publish.calls) == 1
+    publish.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *later), 2.0)
+
+    senders = [
+        [e.sender for e in IngestBatch.model_validate_json(p).envelopes]
+        for p, _ in publish.calls
+    ]
+    assert senders == [["u0"], ["u1", "u2", "u3"]]
+
+
+async def test_batcher_closes_in_flight_on_close() -> None:
+    publish = GatedPublish()
+    publish.gate.set()
+    batcher = IngestBatcher(
+        "edge-1", publish, Ingest(batch_linger_ms=50.0), EdgeMetrics()
+    )
+    send = asyncio.create_task(batcher.submit(envelope("u0", "c1")))
+    await asyncio.sleep(0)
+
+    await asyncio.wait_for(batcher.close(), 1.0)
+
+    assert send.done()
+    assert len(publish.calls) == 1
+
+
 def test_encoded_batch_matches_schema() -> None:
     encoded = encode_ingest_batch("edge-1", "edge-1:x:1", [envelope("alice", "c9")])
     batch = IngestBatch.model_validate_json(encoded)

@@ -91,7 +91,7 @@ def rows_by_name(assumptions: Assumptions) -> dict[str, float]:
     return {row.name: row.value for row in capacity_model(assumptions, MEASURED)}
 
 
-def test_capacity_seed_load() -> None:
+def test_capacity_target_load() -> None:
     rows = rows_by_name(Assumptions())
 
     assert rows["online users"] == pytest.approx(50e6)
