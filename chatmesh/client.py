@@ -3,7 +3,8 @@
 The client keeps a cursor per conversation and shows each message once, in
 order: an event at or below the cursor is a duplicate and is dropped; an
 event past a gap is held back while the client syncs the gap, then shown
-in order.
+in order. `chatmesh.failover.FailoverClient` builds on it to move a session
+between regions.
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ from core.schema import (
 log = structlog.get_logger(__name__)
 
 Event = Any
+EventListener = Callable[[Event], None]
 DEFAULT_TIMEOUT_S = 10.0
 MAX_REDIRECTS = 3
 WRONG_EDGE_CLOSE = 4009
+# The defaults of the `websockets` library.
+PING_INTERVAL_S = 20.0
+PING_TIMEOUT_S = 20.0
+OPEN_TIMEOUT_S = 10.0
+CLOSE_TIMEOUT_S = 10.0
 
 
 class ChatError(Exception):
@@ -56,14 +63,35 @@ class ChatClient:
     """One user's connection to an edge, with cursors, dedup and gap repair.
 
     `events` receives every event except messages, which it receives only as
-    they are shown: once each, in order per conversation.
+    they are shown: once each, in order per conversation. Each function in
+    `listeners` is called with the same events, as they are queued.
+
+    `connect` may be called again after the connection closed, to the same or
+    another edge; cursors, shown messages and queued events carry over. The
+    WebSocket pings the edge every `ping_interval_s` and closes when a pong
+    takes longer than `ping_timeout_s`, which is how a frozen edge is noticed.
+    A close waits up to `close_timeout_s` for the edge's closing frame, so a
+    frozen edge is noticed after at most the sum of the three.
     """
 
     def __init__(
-        self, url: str, token: str, cursors: dict[str, int] | None = None
+        self,
+        url: str,
+        token: str,
+        cursors: dict[str, int] | None = None,
+        *,
+        ping_interval_s: float = PING_INTERVAL_S,
+        ping_timeout_s: float = PING_TIMEOUT_S,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self.url = url
         self._token = token
+        self._ping_interval_s = ping_interval_s
+        self._ping_timeout_s = ping_timeout_s
+        self._open_timeout_s = open_timeout_s
+        self._close_timeout_s = close_timeout_s
+        self.listeners: list[EventListener] = []
         self.cursors: dict[str, int] = dict(cursors or {})
         self.hello: HelloEvent | None = None
         self.events: asyncio.Queue[Event] = asyncio.Queue()
@@ -75,16 +103,34 @@ class ChatClient:
         self._sync_done: asyncio.Future[SyncedEvent] | None = None
         self._sync_lock = asyncio.Lock()
         self.closed = asyncio.Event()
+        # The WebSocket close code of the last connection, once it closed.
+        self.close_code: int | None = None
 
-    async def connect(self) -> HelloEvent:
-        """Connect and authenticate, following an edge's affinity redirect."""
+    async def connect(self, url: str | None = None) -> HelloEvent:
+        """Connect and authenticate, following an edge's affinity redirect.
+
+        With `url`, connect there instead of to `self.url`. An open
+        connection is closed first.
+        """
+        if url is not None:
+            self.url = url
+        await self.close()
         for _ in range(MAX_REDIRECTS):
-            ws = await websockets.connect(self.url, max_size=2**20)
+            ws = await websockets.connect(
+                self.url,
+                max_size=2**20,
+                open_timeout=self._open_timeout_s,
+                ping_interval=self._ping_interval_s,
+                ping_timeout=self._ping_timeout_s,
+                close_timeout=self._close_timeout_s,
+            )
             await ws.send(_json({"type": "auth", "token": self._token}))
             event = SERVER_EVENT.validate_json(await ws.recv())
             if isinstance(event, HelloEvent):
                 self._ws, self.hello = ws, event
-                self._reader = asyncio.create_task(self._read_loop())
+                self.close_code = None
+                self.closed.clear()
+                self._reader = asyncio.create_task(self._read_loop(ws))
                 return event
             redirect = await _redirect_target(ws)
             if (
@@ -105,6 +151,7 @@ class ChatClient:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+            self._reader = None
 
     async def send(
         self,
@@ -173,12 +220,13 @@ class ChatClient:
         """Fetch everything after the cursors; return when caught up."""
         async with self._sync_lock:
             self._sync_done = asyncio.get_running_loop().create_future()
-            assert self._ws is not None
-            await self._ws.send(_json({"type": "sync", "cursors": self.cursors}))
+            done = self._sync_done
             try:
-                return await asyncio.wait_for(self._sync_done, timeout_s)
+                await self._send_frame({"type": "sync", "cursors": self.cursors})
+                return await asyncio.wait_for(done, timeout_s)
             finally:
                 self._sync_done = None
+                _retrieve(done)
 
     async def next_event(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> Event:
         return await asyncio.wait_for(self.events.get(), timeout_s)
@@ -207,27 +255,39 @@ class ChatClient:
     async def _request(
         self, ref: str, frame: dict[str, Any], timeout_s: float
     ) -> Event:
-        assert self._ws is not None
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         self._pending[ref] = future
         try:
-            await self._ws.send(_json(frame))
+            await self._send_frame(frame)
             return await asyncio.wait_for(future, timeout_s)
         finally:
             self._pending.pop(ref, None)
+            _retrieve(future)
 
-    async def _read_loop(self) -> None:
-        assert self._ws is not None
+    async def _send_frame(self, frame: dict[str, Any]) -> None:
+        """Send one frame; raise `ChatError` with code `closed` if there is no link."""
+        if self._ws is None or self.closed.is_set():
+            raise ChatError("closed", "not connected; call connect() first")
         try:
-            async for raw in self._ws:
+            await self._ws.send(_json(frame))
+        except websockets.ConnectionClosed as exc:
+            raise ChatError("closed", f"connection closed: {exc}") from exc
+
+    async def _read_loop(self, ws: ClientConnection) -> None:
+        try:
+            async for raw in ws:
                 await self._on_event(SERVER_EVENT.validate_json(raw))
         except websockets.ConnectionClosed:
             pass
         finally:
+            self.close_code = ws.close_code
             self.closed.set()
+            closed = ChatError("closed", "connection closed")
             for future in self._pending.values():
                 if not future.done():
-                    future.set_exception(ChatError("closed", "connection closed"))
+                    future.set_exception(closed)
+            if self._sync_done is not None and not self._sync_done.done():
+                self._sync_done.set_exception(closed)
 
     async def _on_event(self, event: Event) -> None:
         if isinstance(event, AcceptedEvent):
@@ -245,7 +305,12 @@ class ChatClient:
         elif isinstance(event, SyncedEvent):
             self._on_synced(event)
         if not isinstance(event, MessageEvent):
-            self.events.put_nowait(event)
+            self._queue(event)
+
+    def _queue(self, event: Event) -> None:
+        self.events.put_nowait(event)
+        for listener in self.listeners:
+            listener(event)
 
     def _resolve(self, ref: str, event: Event) -> None:
         future = self._pending.get(ref)
@@ -303,7 +368,7 @@ class ChatClient:
     def _show(self, message: MessageView) -> None:
         self.cursors[message.conversation] = message.seq
         self.shown.append(message)
-        self.events.put_nowait(MessageEvent(message=message))
+        self._queue(MessageEvent(message=message))
 
     def _release_held(self, conversation: str) -> None:
         held = self._held.get(conversation, {})
@@ -328,6 +393,17 @@ async def _redirect_target(ws: ClientConnection) -> str | None:
     if ws.close_code == WRONG_EDGE_CLOSE and ws.close_reason:
         return ws.close_reason
     return None
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen.
+
+    When the connection closes while a frame is being sent, the read loop
+    fails the frame's future, but the sender raises before awaiting it.
+    Without this asyncio logs "Future exception was never retrieved".
+    """
+    if future.done() and not future.cancelled():
+        future.exception()
 
 
 def _json(frame: dict[str, Any]) -> str:

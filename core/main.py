@@ -6,6 +6,7 @@ import asyncio
 import signal
 from pathlib import Path
 
+from core.metrics import CoreMetrics, serve_metrics
 from core.worker import CoreWorker
 from topology.model import Topology
 
@@ -19,9 +20,14 @@ async def _serve(topology: Topology, worker_id: int, base_dir: Path) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    worker = CoreWorker(topology, worker_id, base_dir)
+    metrics = CoreMetrics()
+    server, _ = serve_metrics(
+        metrics.registry, topology.core.host, topology.core.metrics_port
+    )
+    worker = CoreWorker(topology, worker_id, base_dir, metrics)
     await worker.start()
     try:
         await stop.wait()
     finally:
         await worker.stop()
+        server.shutdown()

@@ -9,6 +9,7 @@ from nats.aio.client import Client
 
 from core import subjects
 from core.ids import UserId, conversation_members
+from core.metrics import CoreMetrics
 from core.schema import PresenceChanges, PresenceReply, PresenceRequest
 from core.sequencer import Sequencer
 from core.sessions import SessionRegistry
@@ -23,9 +24,14 @@ class PresenceService:
     """Answer who is online, to the users allowed to know: contacts and group peers."""
 
     def __init__(
-        self, store: MessageStore, registry: SessionRegistry, sequencer: Sequencer
+        self,
+        store: MessageStore,
+        registry: SessionRegistry,
+        sequencer: Sequencer,
+        metrics: CoreMetrics,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._registry = registry
         self._sequencer = sequencer
 
@@ -55,6 +61,7 @@ class PresenceService:
                 await self._publish_changes(nc)
             except Exception:
                 log.exception("presence.publish_failed")
+                self._metrics.errors.labels(kind="presence_publish_failed").inc()
 
     async def _publish_changes(self, nc: Client) -> None:
         changes = self._registry.collect_changes()
@@ -74,4 +81,5 @@ class PresenceService:
             await nc.publish(
                 subjects.PRESENCE_CHANGES, batch.model_dump_json().encode()
             )
+        self._metrics.presence_changes.inc(len(changes))
         log.debug("presence.changes_published", count=len(changes))

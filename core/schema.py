@@ -7,6 +7,7 @@ envelopes travel on NATS subjects named in `core.subjects`.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
@@ -342,6 +343,33 @@ class IngestEnvelope(_Wire):
     origin: Origin
 
 
+class IngestBatch(_Wire):
+    """Client messages that an edge stores in its leaf's JetStream as one message.
+
+    An edge gathers the messages its clients send within a few milliseconds
+    and stores them with one JetStream write, because each write to a leaf
+    stream costs an fsync. Each sender gets `accepted` only after JetStream
+    acknowledged the whole batch. `batch_id` is the batch's `Nats-Msg-Id`,
+    unique per edge process. So the leaf's duplicate window catches a repeated
+    publish of one batch, but a client's resend travels in a later batch
+    under another id: the store's (sender, client_msg_id) key stores it once.
+    """
+
+    edge: str
+    batch_id: str
+    envelopes: Annotated[list[IngestEnvelope], Field(min_length=1)]
+
+
+def encode_ingest_batch(edge: str, batch_id: str, envelopes: list[bytes]) -> bytes:
+    """Return the JSON of an `IngestBatch` from envelopes already encoded as JSON.
+
+    The edge encodes each envelope once, when it joins a batch, to know the
+    batch's size; this joins them without encoding them again.
+    """
+    head = json.dumps({"edge": edge, "batch_id": batch_id})[:-1].encode()
+    return head + b', "envelopes": [' + b", ".join(envelopes) + b"]}"
+
+
 class Rejection(_Wire):
     """Why the sequencer refused an accepted message (it is not stored)."""
 
@@ -355,12 +383,30 @@ class Delivery(_Wire):
 
     `recipients` are the users whose connections get the message; the
     connection named by `origin` gets a `committed` (or `error`) event.
+    `committed_at_ms` is the core's wall clock when it stored the message,
+    for the hub-to-edge latency metric.
     """
 
     message: StoredMessage | None = None
     rejection: Rejection | None = None
     recipients: list[str]
     origin: Origin
+    committed_at_ms: int | None = None
+
+
+class DeliveryBatch(_Wire):
+    """Deliveries to one region that the core publishes as one JetStream message.
+
+    The core commits client messages in batches and routes each batch with
+    one publish per region, not one per message and region.
+    """
+
+    deliveries: Annotated[list[Delivery], Field(min_length=1)]
+
+
+def encode_delivery_batch(deliveries: list[bytes]) -> bytes:
+    """Return the JSON of a `DeliveryBatch` from deliveries already encoded."""
+    return b'{"deliveries": [' + b", ".join(deliveries) + b"]}"
 
 
 class SessionOpen(_Wire):
@@ -388,6 +434,12 @@ class PresenceReport(_Wire):
     online: list[str] = Field(default_factory=list)
     offline: list[str] = Field(default_factory=list)
     sent_at_ms: int
+
+
+class PresenceFullRequest(_Wire):
+    """The core asks the named edges to send a full report next time."""
+
+    edges: list[str]
 
 
 class PresenceChanges(_Wire):

@@ -3,11 +3,13 @@
 It consumes the hub's `INGEST` stream in stream order, which keeps each
 region's order, gives every new message the conversation's next dense
 sequence and a time-ordered id, stores it, and routes one delivery to each
-region that holds a session of a participant. A message is acked on the
-stream only after it is stored and routed, so a crash between the two
-replays it; the (sender, client message id) key makes the replay a no-op.
-Group membership changes take their seq from the same counter, under the
-same lock, so they are ordered with the messages.
+region that holds a session of a participant. Messages are committed in
+batches: one store write for every new message of a batch, and one publish
+per region for its deliveries, because each store write waits for a disk
+flush. A batch is acked on the stream only after it is stored and routed,
+so a crash between the two replays it; the (sender, client message id) key
+makes the replay a no-op. Group membership changes take their seq from the
+same counter, under the same lock, so they are ordered with the messages.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from core.ids import (
     direct_conversation,
     group_conversation,
 )
+from core.metrics import CoreMetrics
 from core.schema import (
     Delivery,
     GroupRole,
@@ -38,11 +41,13 @@ from core.schema import (
     StoredMessage,
 )
 from core.sessions import SessionRegistry
-from core.store.base import MemberChange, MessageStore
+from core.store.base import MemberChange, MessageStore, validate_message
 
 log = structlog.get_logger(__name__)
 
-PublishDelivery = Callable[[str, Delivery], Awaitable[None]]
+# Publish deliveries, in order, to one region as one message.
+PublishDelivery = Callable[[str, list[Delivery]], Awaitable[None]]
+ClientKey = tuple[UserId, str]
 
 T = TypeVar("T")
 RETRY_INITIAL_S = 0.1
@@ -58,8 +63,10 @@ class Sequencer:
         registry: SessionRegistry,
         ids: MessageIdGenerator,
         publish: PublishDelivery,
+        metrics: CoreMetrics,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._registry = registry
         self._ids = ids
         self._publish = publish
@@ -68,19 +75,40 @@ class Sequencer:
         self.lock = asyncio.Lock()
 
     async def handle(self, envelope: IngestEnvelope) -> StoredMessage | None:
-        """Commit and route one envelope, retrying store failures until they pass.
+        """Commit and route one envelope; see `handle_batch`."""
+        return (await self.handle_batch([envelope]))[0]
 
-        Returns None when the message was rejected (a group post by a
-        non-member); the sender is told through the delivery path.
+    async def handle_batch(
+        self, envelopes: list[IngestEnvelope]
+    ) -> list[StoredMessage | None]:
+        """Commit and route envelopes in order, retrying store failures until they pass.
+
+        Returns one entry per envelope: the stored message, or None when the
+        message was rejected or dropped. A group post by a non-member is
+        rejected, and the sender gets an error through the delivery path. A
+        message with invalid content is dropped.
+        """
+        outcomes = await self.commit_batch(envelopes)
+        await self.route_batch(envelopes, outcomes)
+        return [o[0] if isinstance(o, tuple) else None for o in outcomes]
+
+    async def commit_batch(self, envelopes: list[IngestEnvelope]) -> list[Outcome]:
+        """Store the envelopes' new messages, retrying store failures until they pass.
+
+        Returns one outcome per envelope, for `route_batch`.
         """
         async with self.lock:
-            outcome = await _retry_store(lambda: self._commit(envelope), envelope)
-        if isinstance(outcome, Rejection):
-            await self._route_rejection(outcome, envelope.origin)
-            return None
-        message, recipients = outcome
-        await self.route(message, recipients, envelope.origin)
-        return message
+            return await _retry_store(
+                lambda: self._commit_batch(envelopes), envelopes[0]
+            )
+
+    async def route_batch(
+        self, envelopes: list[IngestEnvelope], outcomes: list[Outcome]
+    ) -> None:
+        """Publish each region's deliveries of a committed batch as one message."""
+        started = time.perf_counter()
+        await self._route_batch(envelopes, outcomes)
+        self._metrics.route_seconds.observe(time.perf_counter() - started)
 
     async def members_of(self, group: str) -> dict[UserId, GroupRole]:
         """Return the group's current members, from the cache or the store."""
@@ -122,61 +150,108 @@ class Sequencer:
         self, message: StoredMessage, recipients: list[UserId], origin: Origin
     ) -> None:
         """Publish one delivery to each region holding a session of a recipient."""
+        delivery = self._delivery(message, recipients, origin)
+        regions = self._regions_for(recipients, origin)
+        await asyncio.gather(*(self._publish(r, [delivery]) for r in sorted(regions)))
+
+    def _regions_for(self, recipients: list[UserId], origin: Origin) -> set[str]:
         regions = {origin.region} if origin.region else set()
         for user in recipients:
             regions |= self._registry.regions_of(user)
-        delivery = Delivery(message=message, recipients=recipients, origin=origin)
-        await asyncio.gather(*(self._publish(r, delivery) for r in sorted(regions)))
+        return regions
+
+    @staticmethod
+    def _delivery(
+        message: StoredMessage, recipients: list[UserId], origin: Origin
+    ) -> Delivery:
+        return Delivery(
+            message=message,
+            recipients=recipients,
+            origin=origin,
+            committed_at_ms=time.time_ns() // 1_000_000,
+        )
+
+    async def _route_batch(
+        self, envelopes: list[IngestEnvelope], outcomes: list[Outcome]
+    ) -> None:
+        """Publish each region's deliveries of the batch as one message, in order."""
+        by_region: dict[str, list[Delivery]] = {}
+        for envelope, outcome in zip(envelopes, outcomes, strict=True):
+            origin = envelope.origin
+            if isinstance(outcome, Rejection):
+                delivery = Delivery(rejection=outcome, recipients=[], origin=origin)
+                by_region.setdefault(origin.region, []).append(delivery)
+            elif outcome is not None:
+                message, recipients = outcome
+                delivery = self._delivery(message, recipients, origin)
+                for region in self._regions_for(recipients, origin):
+                    by_region.setdefault(region, []).append(delivery)
+        await asyncio.gather(
+            *(self._publish(r, by_region[r]) for r in sorted(by_region))
+        )
 
     # ---- internals -----------------------------------------------------------
 
-    async def _commit(
-        self, envelope: IngestEnvelope
-    ) -> tuple[StoredMessage, list[UserId]] | Rejection:
-        sender = UserId(envelope.sender)
+    async def _commit_batch(self, envelopes: list[IngestEnvelope]) -> list[Outcome]:
+        """Decide every envelope's outcome, then store the new messages at once."""
+        keys = [(UserId(e.sender), e.client_msg_id) for e in envelopes]
+        stored = await self._store.fetch_by_client_ids(keys)
+        batch = _PendingBatch(stored, self._last_seq)
+        outcomes = [
+            await self._decide(e, key, batch)
+            for e, key in zip(envelopes, keys, strict=True)
+        ]
+        if batch.appends:
+            started = time.perf_counter()
+            try:
+                await self._store.append_messages(batch.appends)
+            except StoreError:
+                # The write may or may not have landed: reload sequences next time.
+                for message, _ in batch.appends:
+                    self._forget(ConversationId(message.conversation), None)
+                raise
+            self._metrics.store_write_seconds.observe(time.perf_counter() - started)
+            self._metrics.commit_batch_messages.observe(len(batch.appends))
+            self._metrics.committed.inc(len(batch.appends))
+            for message, _ in batch.appends:
+                self._last_seq[ConversationId(message.conversation)] = message.seq
+        return outcomes
+
+    async def _decide(
+        self, envelope: IngestEnvelope, key: ClientKey, batch: _PendingBatch
+    ) -> Outcome:
+        """Return the envelope's outcome; a new message joins `batch.appends`."""
+        sender = key[0]
         if envelope.group is not None:
-            return await self._commit_group(envelope, sender, envelope.group)
-        recipient = UserId(envelope.recipient or "")
-        conversation = direct_conversation(sender, recipient)
-        members = list(conversation_members(conversation))
-        existing = await self._store.fetch_by_client_id(sender, envelope.client_msg_id)
+            members = list(await self.members_of(envelope.group))
+            conversation = group_conversation(envelope.group)
+            recipient = None
+        else:
+            recipient = UserId(envelope.recipient or "")
+            conversation = direct_conversation(sender, recipient)
+            members = list(conversation_members(conversation))
+
+        existing = batch.known.get(key)
         if existing is not None:
+            self._metrics.duplicates.inc()
             _log_duplicate(existing)
             return existing, members
-        message = await self._append(envelope, conversation, recipient, members)
-        return message, members
-
-    async def _commit_group(
-        self, envelope: IngestEnvelope, sender: UserId, group: str
-    ) -> tuple[StoredMessage, list[UserId]] | Rejection:
-        members = await self.members_of(group)
-        existing = await self._store.fetch_by_client_id(sender, envelope.client_msg_id)
-        if existing is not None:
-            _log_duplicate(existing)
-            return existing, list(members)
-        if sender not in members:
-            log.info("sequencer.rejected_non_member", sender=sender, group=group)
+        if envelope.group is not None and sender not in members:
+            log.info(
+                "sequencer.rejected_non_member", sender=sender, group=envelope.group
+            )
+            self._metrics.rejected.inc()
             return Rejection(
                 client_msg_id=envelope.client_msg_id,
                 code="not_a_member",
-                message=f"you are not a member of group {group!r}",
+                message=f"you are not a member of group {envelope.group!r}",
             )
-        conversation = group_conversation(group)
-        message = await self._append(envelope, conversation, None, [])
-        return message, list(members)
 
-    async def _append(
-        self,
-        envelope: IngestEnvelope,
-        conversation: ConversationId,
-        recipient: UserId | None,
-        members: list[UserId],
-    ) -> StoredMessage:
-        seq = await self._next_seq(conversation)
+        seq = await batch.next_seq(conversation, self._store)
         message = self._new_message(
             conversation,
             seq,
-            UserId(envelope.sender),
+            sender,
             recipient,
             envelope.content,
             "text",
@@ -184,15 +259,19 @@ class Sequencer:
             client_msg_id=envelope.client_msg_id,
             timestamp_ms=envelope.accepted_at_ms,
         )
+
+        # Group messages list no members: the group's rows already do.
+        row_members = [] if envelope.group is not None else members
         try:
-            await self._store.append_message(message, members)
-        except StoreError:
-            # The write may or may not have landed: reload the sequence next time.
-            self._forget(conversation, envelope.group)
-            raise
-        self._last_seq[conversation] = seq
-        log.debug("sequencer.committed", conversation=conversation, seq=seq)
-        return message
+            validate_message(message, row_members)
+        except ValueError as exc:
+            # Retrying cannot help; keep the rest of the batch.
+            log.error("sequencer.invalid_message", sender=sender, error=str(exc))
+            self._metrics.errors.labels(kind="invalid_message").inc()
+            batch.release_seq(conversation)
+            return None
+        batch.add(key, message, row_members)
+        return message, members
 
     def _new_message(
         self,
@@ -231,10 +310,6 @@ class Sequencer:
         if group is not None:
             self._members.pop(group, None)
 
-    async def _route_rejection(self, rejection: Rejection, origin: Origin) -> None:
-        delivery = Delivery(rejection=rejection, recipients=[], origin=origin)
-        await self._publish(origin.region, delivery)
-
 
 async def _retry_store(
     operation: Callable[[], Awaitable[T]], envelope: IngestEnvelope
@@ -266,3 +341,46 @@ def _log_duplicate(existing: StoredMessage) -> None:
         client_msg_id=existing.client_msg_id,
         message_id=existing.message_id,
     )
+
+
+Outcome = tuple[StoredMessage, list[UserId]] | Rejection | None
+
+
+class _PendingBatch:
+    """The messages one batch will store, and the sequences it has taken.
+
+    `known` starts with the messages already stored under the batch's client
+    ids and gains each new message, so a client id that appears twice in one
+    batch (a resend that travelled in another edge batch) is stored once.
+    Sequences are taken on top of the sequencer's `last_seq`, which changes
+    only once the batch is stored.
+    """
+
+    def __init__(
+        self,
+        stored: dict[ClientKey, StoredMessage],
+        last_seq: dict[ConversationId, int],
+    ) -> None:
+        self.known = dict(stored)
+        self.appends: list[tuple[StoredMessage, list[UserId]]] = []
+        self._committed_seq = last_seq
+        self._taken: dict[ConversationId, int] = {}
+
+    async def next_seq(self, conversation: ConversationId, store: MessageStore) -> int:
+        last = self._taken.get(conversation)
+        if last is None:
+            last = self._committed_seq.get(conversation)
+        if last is None:
+            last = await store.fetch_last_seq(conversation)
+        self._taken[conversation] = last + 1
+        return last + 1
+
+    def release_seq(self, conversation: ConversationId) -> None:
+        """Give back the sequence just taken, for a message that is dropped."""
+        self._taken[conversation] -= 1
+
+    def add(
+        self, key: ClientKey, message: StoredMessage, members: list[UserId]
+    ) -> None:
+        self.known[key] = message
+        self.appends.append((message, members))

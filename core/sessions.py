@@ -10,6 +10,12 @@ and for `offline_timeout_s` after the last one closed or after that edge
 fell silent. So a reconnect elsewhere within the timeout never flaps the
 user offline and back, and an edge that dies stops counting after the
 timeout.
+
+Routing lasts longer than presence for a session whose edge fell silent
+while it was open: the silence may be a region cut off from the hub, whose
+deliveries the hub keeps until the link returns. Such a session keeps its
+region in `regions_of` for `silent_route_s`, or until the edge reports again
+without it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from core.schema import PresenceReport, SessionOpen, UserPresence
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
+# The hub keeps deliveries for 15 minutes (DELIVER_MAX_AGE_S in
+# sync/streams.py); routing to a silent region for longer gains nothing.
+SILENT_ROUTE_S = 15 * 60.0
 
 
 @dataclass
@@ -42,6 +51,9 @@ class _EdgeState:
     region: str
     reported_at: float
     report_seq: int = 0
+    # Whether a full report arrived since this registry started.
+    had_full: bool = False
+    full_requested_at: float | None = None
 
 
 @dataclass
@@ -62,9 +74,13 @@ class SessionRegistry:
         regions: Iterable[str],
         offline_timeout_s: float,
         clock: Clock = time.time,
+        silent_route_s: float = SILENT_ROUTE_S,
+        full_request_interval_s: float = 1.0,
     ) -> None:
         self._regions = frozenset(regions)
         self._timeout_s = offline_timeout_s
+        self._silent_route_s = silent_route_s
+        self._full_request_interval_s = full_request_interval_s
         self._clock = clock
         self._started = clock()
         self._users: dict[str, _UserState] = {}
@@ -81,29 +97,48 @@ class SessionRegistry:
             "sessions.opened", user=event.user, region=event.region, edge=event.edge
         )
 
-    def on_report(self, report: PresenceReport) -> None:
+    def on_report(self, report: PresenceReport) -> bool:
+        """Apply an edge's report; return True to ask that edge for a full one.
+
+        A full report is needed when this registry has not had one from the
+        edge since it started (a restarted core has no sessions) or when
+        reports went missing. It is asked for at most once per
+        `full_request_interval_s`.
+        """
         now = self._clock()
         edge = self._touch_edge(report.edge, report.region, now)
-        if (
-            not report.full
-            and report.report_seq != edge.report_seq + 1
-            and edge.report_seq
-        ):
+        gap = bool(edge.report_seq) and report.report_seq != edge.report_seq + 1
+        if gap and not report.full:
             log.info(
                 "sessions.report_gap", edge=report.edge, expected=edge.report_seq + 1
             )
         edge.report_seq = report.report_seq
         if report.full:
+            edge.had_full = True
+            edge.full_requested_at = None
             self._close_missing(report.edge, set(report.online), now)
         for user in report.online:
             self._place(user, report.edge, report.region, connected=True, now=now)
         for user in report.offline:
             self._place(user, report.edge, report.region, connected=False, now=now)
+        return not report.full and (gap or not edge.had_full) and self._may_ask(edge)
+
+    def _may_ask(self, edge: _EdgeState) -> bool:
+        now = self._clock()
+        last = edge.full_requested_at
+        if last is not None and now - last < self._full_request_interval_s:
+            return False
+        edge.full_requested_at = now
+        return True
 
     # ---- queries -------------------------------------------------------------
 
     def regions_of(self, user: str) -> set[str]:
-        """Return the regions where `user` has, or recently had, a session."""
+        """Return the regions where `user` has, or recently had, a session.
+
+        That includes the region of a session whose edge fell silent less
+        than `silent_route_s` ago.
+        """
         now = self._clock()
         if now - self._started < self._timeout_s:
             return set(self._regions)
@@ -113,7 +148,7 @@ class SessionRegistry:
         return {
             placement.region
             for edge, placement in state.placements.items()
-            if self._counts(edge, placement, now)
+            if self._routes(edge, placement, now)
         }
 
     def presence(self, user: str, last_seen_ms: int | None = None) -> UserPresence:
@@ -194,6 +229,15 @@ class SessionRegistry:
             return True
         return now - self._ended_at(edge, placement) <= self._timeout_s
 
+    def _routes(self, edge: str, placement: _Placement, now: float) -> bool:
+        if self._counts(edge, placement, now):
+            return True
+        # Still open when its edge went silent: the edge's region may be cut off.
+        return (
+            placement.connected
+            and now - self._ended_at(edge, placement) <= self._silent_route_s
+        )
+
     def _ended_at(self, edge: str, placement: _Placement) -> float:
         if placement.connected:
             edge_state = self._edges.get(edge)
@@ -211,7 +255,7 @@ class SessionRegistry:
         now = self._clock()
         for user in list(self._users):
             state = self._users[user]
-            if not any(self._counts(e, p, now) for e, p in state.placements.items()):
+            if not any(self._routes(e, p, now) for e, p in state.placements.items()):
                 published = self._published.get(user)
                 if published is not None and not published.online:
                     del self._users[user]

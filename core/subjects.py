@@ -21,6 +21,8 @@ SERVICE_GROUPS = "chatmesh.core.groups"
 SERVICE_PRESENCE = "chatmesh.core.presence"
 PRESENCE_REPORTS = "chatmesh.presence.reports"
 PRESENCE_CHANGES = "chatmesh.presence.changes"
+# The core asks edges for a full presence report on this subject.
+PRESENCE_FULL_REQUESTS = "chatmesh.presence.full"
 
 
 def region_ingest_stream(region: str) -> str:

@@ -15,21 +15,22 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
+from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
 from core import subjects
 from core.catchup import fetch_sync_page
+from core.consumer import IngestConsumer
 from core.errors import ClientError
 from core.groups import GroupService
 from core.ids import MessageIdGenerator, UserId
+from core.metrics import CoreMetrics
 from core.natsconn import close_nats, connect_nats
 from core.presence import PresenceService
 from core.schema import (
     Delivery,
     GroupRequest,
-    IngestEnvelope,
+    PresenceFullRequest,
     PresenceReport,
     PresenceRequest,
     ServiceError,
@@ -37,6 +38,7 @@ from core.schema import (
     SyncRequest,
     UserReply,
     UserRequest,
+    encode_delivery_batch,
 )
 from core.sequencer import Sequencer
 from core.sessions import SessionRegistry
@@ -48,38 +50,52 @@ from topology.render import hub_client_urls
 
 log = structlog.get_logger(__name__)
 
-FETCH_BATCH = 256
-FETCH_TIMEOUT_S = 1.0
-ACK_WAIT_S = 30.0
 STARTUP_RETRY_S = 0.5
 SERVICE_QUEUE = "core"
 PUBLISH_TIMEOUT_S = 2.0
 PUBLISH_ATTEMPTS = 8
+# Well under NATS's default max_payload of 1 MiB.
+DELIVERY_BATCH_MAX_BYTES = 512 * 1024
+# How often the worker reads the hub's stream state for the lag gauges.
+LAG_POLL_INTERVAL_S = 2.0
 
 
 class CoreWorker:
     """One core worker; `start()` returns once it serves, `stop()` drains it."""
 
-    def __init__(self, topology: Topology, worker_id: int, base_dir: Path) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        worker_id: int,
+        base_dir: Path,
+        metrics: CoreMetrics,
+    ) -> None:
         self._topology = topology
+        self._metrics = metrics
         self._worker_id = worker_id
         self._regions = [r.name for r in topology.regions]
         self._store: MessageStore = open_store(
             topology.store, topology.regions, topology.core_store_region, base_dir
         )
         self._registry = SessionRegistry(
-            self._regions, topology.presence.offline_timeout_s
+            self._regions,
+            topology.presence.offline_timeout_s,
+            full_request_interval_s=2 * topology.presence.report_interval_s,
         )
         self._sequencer = Sequencer(
             self._store,
             self._registry,
             MessageIdGenerator(worker_id),
             self._publish_delivery,
+            metrics,
         )
         self._groups = GroupService(
             self._store, self._sequencer, topology.limits.group_size_limit
         )
-        self._presence = PresenceService(self._store, self._registry, self._sequencer)
+        self._presence = PresenceService(
+            self._store, self._registry, self._sequencer, metrics
+        )
+        metrics.online_users.set_function(self._registry.online_count)
         self._tasks: list[asyncio.Task[None]] = []
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -98,10 +114,13 @@ class CoreWorker:
         await self._subscribe_services(self._nc)
         interval_s = self._topology.presence.report_interval_s
         self._tasks += [
-            asyncio.create_task(self._consume(self._sequencer)),
+            asyncio.create_task(
+                IngestConsumer(self._js, self._sequencer, self._metrics).run()
+            ),
             asyncio.create_task(
                 self._presence.publish_changes_forever(self._nc, interval_s)
             ),
+            asyncio.create_task(self._poll_lag_forever()),
         ]
         self.ready.set()
         log.info("core.started", worker=self._worker_id)
@@ -154,15 +173,43 @@ class CoreWorker:
         await nc.subscribe(subjects.SERVICE_SESSION_OPEN, cb=self._on_session_open)
         await nc.subscribe(subjects.PRESENCE_REPORTS, cb=self._on_presence_report)
 
-    async def _publish_delivery(self, region: str, delivery: Delivery) -> None:
-        """Publish to the hub's delivery stream, retrying while the hub recovers."""
+    async def _publish_delivery(self, region: str, deliveries: list[Delivery]) -> None:
+        """Publish deliveries to the hub's delivery stream, in order.
+
+        They travel as `DeliveryBatch` messages of at most
+        `DELIVERY_BATCH_MAX_BYTES` each (a single larger delivery travels
+        alone), because NATS refuses messages over its max_payload (1 MiB
+        by default).
+        """
+        chunk: list[bytes] = []
+        first = 0
+        size = 0
+        for index, delivery in enumerate(deliveries):
+            encoded = delivery.model_dump_json().encode()
+            if chunk and size + len(encoded) > DELIVERY_BATCH_MAX_BYTES:
+                await self._publish_chunk(region, deliveries[first:index], chunk)
+                chunk, first, size = [], index, 0
+            chunk.append(encoded)
+            size += len(encoded)
+        if chunk:
+            await self._publish_chunk(region, deliveries[first:], chunk)
+
+    async def _publish_chunk(
+        self, region: str, deliveries: list[Delivery], encoded: list[bytes]
+    ) -> None:
+        """Publish one delivery batch, retrying while the hub recovers.
+
+        The `Nats-Msg-Id` names the first and last delivery and the count, so
+        the hub stores a retried publish once. A replay after a crash may
+        group deliveries differently and repeat some, and clients drop the
+        repeats by their cursors.
+        """
         assert self._js is not None
-        if delivery.message is not None:
-            msg_id = f"{region}:{delivery.message.message_id}"
-        else:
-            assert delivery.rejection is not None
-            msg_id = f"{region}:rejected:{delivery.rejection.client_msg_id}"
-        payload = delivery.model_dump_json().encode()
+        msg_id = (
+            f"{region}:{_delivery_key(deliveries[0])}:"
+            f"{_delivery_key(deliveries[-1])}:{len(deliveries)}"
+        )
+        payload = encode_delivery_batch(encoded)
         delay_s = STARTUP_RETRY_S
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
@@ -172,80 +219,50 @@ class CoreWorker:
                     timeout=PUBLISH_TIMEOUT_S,
                     headers={"Nats-Msg-Id": msg_id},
                 )
+                self._metrics.deliveries.labels(region=region).inc(len(deliveries))
                 return
             except Exception as exc:
+                self._metrics.errors.labels(kind="delivery_publish_failed").inc()
                 if attempt == PUBLISH_ATTEMPTS:
                     raise
                 log.warning(
                     "core.delivery_retry",
                     region=region,
                     attempt=attempt,
+                    bytes=len(payload),
                     error=repr(exc),
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
 
-    # ---- sequencer loop ------------------------------------------------------
+    # ---- lag -----------------------------------------------------------------
 
-    async def _consume(self, sequencer: Sequencer) -> None:
-        assert self._js is not None
-        config = ConsumerConfig(
-            durable_name=subjects.SEQUENCER_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=ACK_WAIT_S,
-            max_ack_pending=FETCH_BATCH * 4,
-        )
-        sub = await self._pull_subscribe(config)
-        log.info("core.consuming", stream=subjects.HUB_INGEST_STREAM)
+    async def _poll_lag_forever(self) -> None:
+        """Keep the sync-lag and pending gauges current until cancelled."""
         while True:
             try:
-                batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
-            except (FetchTimeoutError, TimeoutError):
-                continue
-            except Exception:
-                log.exception("core.fetch_failed")
-                await asyncio.sleep(STARTUP_RETRY_S)
-                continue
-            for msg in batch:
-                await self._process(sequencer, msg)
-
-    async def _pull_subscribe(
-        self, config: ConsumerConfig
-    ) -> JetStreamContext.PullSubscription:
-        assert self._js is not None
-        while True:
-            try:
-                return await self._js.pull_subscribe(
-                    "chatmesh.ingest.>",
-                    durable=subjects.SEQUENCER_CONSUMER,
-                    stream=subjects.HUB_INGEST_STREAM,
-                    config=config,
-                )
+                await self._poll_lag()
             except Exception as exc:
-                log.warning("core.consumer_retry", error=repr(exc))
-                await asyncio.sleep(STARTUP_RETRY_S)
+                log.warning("core.lag_poll_failed", error=repr(exc))
+                self._metrics.errors.labels(kind="lag_poll_failed").inc()
+            await asyncio.sleep(LAG_POLL_INTERVAL_S)
 
-    async def _process(self, sequencer: Sequencer, msg: Msg) -> None:
+    async def _poll_lag(self) -> None:
+        assert self._js is not None
+        info = await self._js.stream_info(subjects.HUB_INGEST_STREAM)
+        by_stream = {s.name: s for s in info.sources or []}
+        for region in self._regions:
+            source = by_stream.get(subjects.region_ingest_stream(region))
+            if source is not None and source.lag is not None:
+                self._metrics.sync_lag.labels(region=region).set(source.lag)
         try:
-            envelope = IngestEnvelope.model_validate_json(msg.data)
-        except ValidationError as exc:
-            # Edges validate before they accept, so this is a bug or tampering.
-            log.error("core.poison_message", subject=msg.subject, error=str(exc))
-            await msg.term()
-            return
-        try:
-            await sequencer.handle(envelope)
-        except ValueError as exc:
-            # The store refused the content itself: retrying cannot help.
-            log.error("core.invalid_message", sender=envelope.sender, error=str(exc))
-            await msg.term()
-            return
-        except Exception:
-            log.exception("core.handle_failed", sender=envelope.sender)
-            await msg.nak(delay=1.0)
-            return
-        await msg.ack()
+            consumer = await self._js.consumer_info(
+                subjects.HUB_INGEST_STREAM, subjects.SEQUENCER_CONSUMER
+            )
+        except NotFoundError:
+            return  # The consume task creates the consumer a moment after start.
+        pending = (consumer.num_pending or 0) + (consumer.num_ack_pending or 0)
+        self._metrics.pending.set(pending)
 
     # ---- services ------------------------------------------------------------
 
@@ -295,9 +312,19 @@ class CoreWorker:
 
     async def _on_presence_report(self, msg: Msg) -> None:
         try:
-            self._registry.on_report(PresenceReport.model_validate_json(msg.data))
+            report = PresenceReport.model_validate_json(msg.data)
         except ValidationError as exc:
             log.warning("core.bad_presence_report", error=str(exc))
+            self._metrics.errors.labels(kind="bad_presence_report").inc()
+            return
+        self._metrics.presence_reports.inc()
+        if self._registry.on_report(report):
+            log.info("core.full_report_requested", edge=report.edge)
+            request = PresenceFullRequest(edges=[report.edge])
+            assert self._nc is not None
+            await self._nc.publish(
+                subjects.PRESENCE_FULL_REQUESTS, request.model_dump_json().encode()
+            )
 
     async def _on_health(self, msg: Msg) -> None:
         status = b'{"status":"ok"}' if self.ready.is_set() else b'{"status":"starting"}'
@@ -322,3 +349,10 @@ async def _respond(
         log.exception("core.request_failed", service=service)
         reply = ServiceError(error=f"{type(exc).__name__}: {exc}")
     await msg.respond(reply.model_dump_json().encode())
+
+
+def _delivery_key(delivery: Delivery) -> str:
+    if delivery.message is not None:
+        return str(delivery.message.message_id)
+    assert delivery.rejection is not None
+    return f"rejected-{delivery.rejection.client_msg_id}"

@@ -7,13 +7,17 @@ and pushes it to the connections it holds.
 
 from __future__ import annotations
 
+import time
+
 import structlog
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from core.metrics import EdgeMetrics
 from core.schema import (
     CommittedEvent,
     Delivery,
+    DeliveryBatch,
     ErrorEvent,
     MessageEvent,
     MessageView,
@@ -27,19 +31,24 @@ log = structlog.get_logger(__name__)
 class DeliveryFanout:
     """Turn each `Delivery` into events on the recipients' local connections."""
 
-    def __init__(self, sessions: LocalSessions, edge: str) -> None:
+    def __init__(
+        self, sessions: LocalSessions, edge: str, metrics: EdgeMetrics
+    ) -> None:
         self._sessions = sessions
         self._edge = edge
+        self._metrics = metrics
         self.deliveries_received = 0
 
     async def on_message(self, msg: Msg) -> None:
-        try:
-            delivery = Delivery.model_validate_json(msg.data)
-        except ValidationError as exc:
-            log.error("deliveries.invalid", subject=msg.subject, error=str(exc))
+        deliveries = _unpack(msg.data)
+        if deliveries is None:
+            log.error("deliveries.invalid", subject=msg.subject, size=len(msg.data))
+            self._metrics.errors.labels(kind="invalid_delivery").inc()
             return
-        self.deliveries_received += 1
-        self.fan_out(delivery)
+        self.deliveries_received += len(deliveries)
+        self._metrics.deliveries.inc(len(deliveries))
+        for delivery in deliveries:
+            self.fan_out(delivery)
 
     def fan_out(self, delivery: Delivery) -> int:
         """Push `delivery` to every local connection of its recipients."""
@@ -56,10 +65,24 @@ class DeliveryFanout:
                 else:
                     conn.push(event)
                 pushed += 1
+        self._observe(delivery, message, pushed)
         log.debug(
             "deliveries.fanned_out", message_id=message.message_id, connections=pushed
         )
         return pushed
+
+    def _observe(self, delivery: Delivery, message: StoredMessage, pushed: int) -> None:
+        metrics = self._metrics
+        metrics.delivered.inc(pushed)
+        now_ms = time.time_ns() / 1_000_000
+        if delivery.committed_at_ms is not None:
+            metrics.commit_to_fanout_seconds.observe(
+                max(0.0, now_ms - delivery.committed_at_ms) / 1000
+            )
+        if message.kind == "text":
+            metrics.end_to_end_seconds.observe(
+                max(0.0, now_ms - message.timestamp_ms) / 1000
+            )
 
     def _reject(self, delivery: Delivery) -> int:
         rejection = delivery.rejection
@@ -72,6 +95,22 @@ class DeliveryFanout:
             conn.push(event)
             return 1
         return 0
+
+
+def _unpack(data: bytes) -> list[Delivery] | None:
+    """Return the deliveries of a stream message, or None if it is invalid.
+
+    The core publishes `DeliveryBatch`es; a single `Delivery` is what it
+    published before it batched, and may still wait in the stream.
+    """
+    try:
+        return list(DeliveryBatch.model_validate_json(data).deliveries)
+    except ValidationError:
+        pass
+    try:
+        return [Delivery.model_validate_json(data)]
+    except ValidationError:
+        return None
 
 
 def _committed(message: StoredMessage) -> str:

@@ -20,7 +20,14 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from core import subjects
-from core.schema import PresenceChanges, PresenceEvent, PresenceReport, UserPresence
+from core.metrics import EdgeMetrics
+from core.schema import (
+    PresenceChanges,
+    PresenceEvent,
+    PresenceFullRequest,
+    PresenceReport,
+    UserPresence,
+)
 from edge.sessions import Connection, LocalSessions
 
 log = structlog.get_logger(__name__)
@@ -29,11 +36,18 @@ FULL_REPORT_EVERY = 10
 
 
 def next_report(
-    sessions: LocalSessions, region: str, edge: str, report_seq: int
+    sessions: LocalSessions,
+    region: str,
+    edge: str,
+    report_seq: int,
+    full: bool = False,
 ) -> PresenceReport:
-    """Build the report number `report_seq` (counting from 1) from the sessions."""
+    """Build the report number `report_seq` (counting from 1) from the sessions.
+
+    It is a full report when `full` is set or its turn has come.
+    """
     came, went = sessions.take_changes()
-    full = report_seq % FULL_REPORT_EVERY == 1
+    full = full or report_seq % FULL_REPORT_EVERY == 1
     return PresenceReport(
         region=region,
         edge=edge,
@@ -45,18 +59,53 @@ def next_report(
     )
 
 
+class FullReportRequests:
+    """The core's requests for a full report from this edge, taken one at a time.
+
+    The core requests one after it restarted or missed reports, so that it
+    need not wait for the next scheduled full report.
+    """
+
+    def __init__(self, edge: str) -> None:
+        self._edge = edge
+        self._pending = False
+
+    async def on_request(self, msg: Msg) -> None:
+        try:
+            request = PresenceFullRequest.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.error("presence.invalid_full_request", error=str(exc))
+            return
+        if self._edge in request.edges:
+            self._pending = True
+
+    def take(self) -> bool:
+        """Return whether a full report was requested, and forget the request."""
+        pending, self._pending = self._pending, False
+        return pending
+
+
 async def report_presence_forever(
-    nc: Client, sessions: LocalSessions, region: str, edge: str, interval_s: float
+    nc: Client,
+    sessions: LocalSessions,
+    region: str,
+    edge: str,
+    interval_s: float,
+    metrics: EdgeMetrics,
+    requests: FullReportRequests | None = None,
 ) -> None:
     """Publish one presence report every `interval_s` until cancelled."""
     for report_seq in itertools.count(1):
         try:
-            report = next_report(sessions, region, edge, report_seq)
+            full = requests.take() if requests is not None else False
+            report = next_report(sessions, region, edge, report_seq, full)
             await nc.publish(
                 subjects.PRESENCE_REPORTS, report.model_dump_json().encode()
             )
+            metrics.presence_reports.inc()
         except Exception:
             log.exception("presence.report_failed", edge=edge)
+            metrics.errors.labels(kind="presence_report_failed").inc()
         await asyncio.sleep(interval_s)
 
 

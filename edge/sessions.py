@@ -11,7 +11,12 @@ import structlog
 log = structlog.get_logger(__name__)
 
 SendText = Callable[[str], Awaitable[None]]
+# Closes the connection's WebSocket with a close code and reason.
+CloseTransport = Callable[[int, str], Awaitable[None]]
 OUTBOX_LIMIT = 2048
+# Messages of one connection awaiting their batch's ack; the next send frame
+# waits for a slot, which slows a client that sends faster than the leaf stores.
+SENDS_IN_FLIGHT = 32
 _ids = itertools.count(1)
 
 
@@ -28,6 +33,9 @@ class Connection:
         self.outbox: asyncio.Queue[str | None] = asyncio.Queue(OUTBOX_LIMIT)
         self.overflowed = asyncio.Event()
         self.watching: set[str] = set()
+        self.send_slots = asyncio.Semaphore(SENDS_IN_FLIGHT)
+        self.sends: set[asyncio.Task[None]] = set()
+        self.close_transport: CloseTransport | None = None
 
     def push(self, text: str) -> None:
         try:
@@ -98,6 +106,20 @@ class LocalSessions:
 
     def users(self) -> list[str]:
         return sorted(self._by_user)
+
+    async def close_all(self, code: int, reason: str) -> int:
+        """Close every connection's WebSocket; return how many were closed."""
+        closed = 0
+        for conn in list(self._by_id.values()):
+            if conn.close_transport is None:
+                continue
+            try:
+                await conn.close_transport(code, reason)
+            except Exception as exc:  # The client may be gone already.
+                log.info("connection.close_failed", connection=conn.id, error=repr(exc))
+                continue
+            closed += 1
+        return closed
 
     def count(self) -> int:
         return sum(len(conns) for conns in self._by_user.values())

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Awaitable
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from core.errors import ClientError, InvalidToken, MalformedFrame, Unavailable
 from core.schema import (
+    AcceptedEvent,
     AuthFrame,
     ErrorEvent,
     GroupFrame,
@@ -47,6 +50,11 @@ async def serve_websocket(runtime: EdgeRuntime, ws: WebSocket) -> None:
     await ws.accept()
     if not runtime.ready:
         await ws.close(CLOSE_NOT_READY, "edge is starting; retry shortly")
+        return
+    if not runtime.healthy:
+        await ws.close(
+            CLOSE_NOT_READY, "this edge cannot reach its leaf node; use another region"
+        )
         return
     user = await _authenticate(runtime, ws)
     if user is None:
@@ -91,8 +99,10 @@ def _auth_failure(exc: Exception) -> tuple[str, str]:
 async def _serve(runtime: EdgeRuntime, ws: WebSocket, user: str) -> None:
     ident = runtime.identity
     conn = Connection(ident.edge.name, user)
+    conn.close_transport = ws.close
     bound = log.bind(user=user, connection=conn.id, edge=ident.edge.name)
     runtime.sessions.add(conn)
+    runtime.metrics.connections_opened.inc()
     writer = asyncio.create_task(conn.run_writer(ws.send_text))
     try:
         conn.push(
@@ -137,22 +147,25 @@ async def _receive_loop(
             bound.info(
                 "ws.frame_rejected", code=exc.code, reason=exc.message, ref=exc.ref
             )
+            runtime.metrics.errors.labels(kind=exc.code).inc()
             conn.push(
                 ErrorEvent(
                     code=exc.code, message=exc.message, ref=exc.ref
                 ).model_dump_json()
             )
+    runtime.metrics.errors.labels(kind="outbox_overflow").inc()
     await ws.close(CLOSE_OVERFLOW, "client too slow; reconnect and sync")
 
 
 async def _handle_frame(runtime: EdgeRuntime, conn: Connection, text: str) -> None:
+    started = time.perf_counter()
     frame = decode_frame(text)
     if isinstance(frame, SendFrame):
-        accepted = await runtime.ingest.accept(conn.user, conn.id, frame)
-        conn.push(accepted.model_dump_json())
+        await _start_send(runtime, conn, frame, started)
     elif isinstance(frame, SyncFrame):
         await _sync(runtime, conn, frame.cursors)
     elif isinstance(frame, PingFrame):
+        runtime.metrics.heartbeats.inc()
         conn.push(PongEvent().model_dump_json())
     elif isinstance(frame, GroupFrame):
         conn.push((await handle_group(runtime, conn.user, frame)).model_dump_json())
@@ -164,6 +177,52 @@ async def _handle_frame(runtime: EdgeRuntime, conn: Connection, text: str) -> No
         raise MalformedFrame(
             "already authenticated; auth is only valid as the first frame"
         )
+
+
+async def _start_send(
+    runtime: EdgeRuntime, conn: Connection, frame: SendFrame, started: float
+) -> None:
+    """Validate and batch a send in frame order; reply once its batch is stored.
+
+    The receive loop goes on to the next frame while the batch waits for
+    JetStream, so one connection may have up to `SENDS_IN_FLIGHT` messages
+    in flight.
+    """
+    await conn.send_slots.acquire()
+    try:
+        acceptance = await runtime.ingest.enqueue(conn.user, conn.id, frame)
+    except BaseException:
+        conn.send_slots.release()
+        raise
+    task = asyncio.create_task(_answer_send(runtime, conn, acceptance, started))
+    conn.sends.add(task)
+    task.add_done_callback(conn.sends.discard)
+
+
+async def _answer_send(
+    runtime: EdgeRuntime,
+    conn: Connection,
+    acceptance: Awaitable[AcceptedEvent],
+    started: float,
+) -> None:
+    try:
+        accepted = await acceptance
+    except ClientError as exc:
+        log.info(
+            "ws.frame_rejected",
+            connection=conn.id,
+            code=exc.code,
+            reason=exc.message,
+            ref=exc.ref,
+        )
+        runtime.metrics.errors.labels(kind=exc.code).inc()
+        event = ErrorEvent(code=exc.code, message=exc.message, ref=exc.ref)
+        conn.push(event.model_dump_json())
+        return
+    finally:
+        conn.send_slots.release()
+    conn.push(accepted.model_dump_json())
+    runtime.metrics.accept_seconds.observe(time.perf_counter() - started)
 
 
 async def _sync(

@@ -171,3 +171,66 @@ def test_edge_report_carries_only_changes() -> None:
     assert (fourth.online, fourth.offline) == ([], ["alice"])
     assert full.full is True
     assert full.online == ["bob"]
+
+
+def test_silent_edge_keeps_routing_after_presence_ends() -> None:
+    # A region cut off from the hub stops reporting: its users go offline,
+    # but deliveries keep going to the region, where the hub holds them.
+    clock = FakeClock()
+    registry = warmed(clock)
+    registry.on_report(report("eu-1", 1, ["alice"], full=True))
+    clock.now += TIMEOUT_S + 5
+
+    assert registry.presence("alice").online is False
+    assert registry.regions_of("alice") == {"eu"}
+
+    registry.on_report(report("eu-1", 2, [], full=True))
+    clock.now += TIMEOUT_S + 1
+    assert registry.regions_of("alice") == set()
+
+
+def test_silent_edge_routing_ends_after_limit() -> None:
+    clock = FakeClock()
+    registry = SessionRegistry(["eu", "us"], TIMEOUT_S, clock=clock, silent_route_s=60)
+    clock.now += TIMEOUT_S + 1
+    registry.on_report(report("eu-1", 1, ["alice"], full=True))
+
+    clock.now += 59
+    assert registry.regions_of("alice") == {"eu"}
+    clock.now += 2
+    assert registry.regions_of("alice") == set()
+
+
+def test_closed_session_stops_routing_after_timeout() -> None:
+    clock = FakeClock()
+    registry = warmed(clock)
+    registry.on_report(report("eu-1", 1, ["alice"], full=True))
+    registry.on_report(report("eu-1", 2, [], ["alice"]))
+
+    clock.now += TIMEOUT_S + 1
+
+    assert registry.regions_of("alice") == set()
+
+
+def test_registry_asks_for_full_report_until_it_has_one() -> None:
+    clock = FakeClock()
+    registry = SessionRegistry(
+        ["eu", "us"], TIMEOUT_S, clock=clock, full_request_interval_s=2.0
+    )
+
+    assert registry.on_report(report("eu-1", 7, ["alice"])) is True
+    clock.now += 1
+    assert registry.on_report(report("eu-1", 8, [])) is False  # asked already
+    clock.now += 1.5
+    assert registry.on_report(report("eu-1", 9, [])) is True
+    assert registry.on_report(report("eu-1", 10, ["alice"], full=True)) is False
+    assert registry.on_report(report("eu-1", 11, [])) is False
+
+
+def test_registry_asks_for_full_report_after_gap() -> None:
+    clock = FakeClock()
+    registry = warmed(clock)
+    registry.on_report(report("eu-1", 1, ["alice"], full=True))
+
+    assert registry.on_report(report("eu-1", 2, [])) is False
+    assert registry.on_report(report("eu-1", 5, [])) is True

@@ -158,6 +158,46 @@ async def test_append_then_fetch_by_client_id(
     assert await store.fetch_by_client_id(bob, "send-1") is None
 
 
+async def test_append_messages_stores_batch(
+    store: MessageStore, names: dict[str, UserId]
+) -> None:
+    alice, bob, carol = names["alice"], names["bob"], names["carol"]
+    with_bob = direct_conversation(alice, bob)
+    with_carol = direct_conversation(alice, carol)
+    batch = [
+        (make_message(with_bob, 1, alice, bob), [alice, bob]),
+        (make_message(with_carol, 1, alice, carol), [alice, carol]),
+        (make_message(with_bob, 2, bob, alice), [alice, bob]),
+    ]
+    await store.append_messages(batch)
+    await store.append_messages(batch)
+
+    assert seqs(await store.fetch_messages_after(with_bob, 0, 10)) == [1, 2]
+    assert seqs(await store.fetch_messages_after(with_carol, 0, 10)) == [1]
+    assert await store.fetch_last_seq(with_bob) == 2
+    assert await store.fetch_conversations(alice) == {
+        with_bob: at(2),
+        with_carol: at(1),
+    }
+    assert await store.fetch_conversations(carol) == {with_carol: at(1)}
+
+
+async def test_fetch_by_client_ids_returns_stored_only(
+    store: MessageStore, names: dict[str, UserId]
+) -> None:
+    alice, bob = names["alice"], names["bob"]
+    conversation = direct_conversation(alice, bob)
+    first = make_message(conversation, 1, alice, bob, client_msg_id="k-1")
+    second = make_message(conversation, 2, bob, alice, client_msg_id="k-1")
+    await store.append_messages([(first, [alice, bob]), (second, [alice, bob])])
+
+    found = await store.fetch_by_client_ids(
+        [(alice, "k-1"), (bob, "k-1"), (alice, "k-2"), (alice, "k-1")]
+    )
+
+    assert found == {(alice, "k-1"): first, (bob, "k-1"): second}
+
+
 async def test_group_message_without_recipient(
     store: MessageStore, names: dict[str, UserId]
 ) -> None:

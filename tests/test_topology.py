@@ -157,3 +157,96 @@ def test_rendered_configs_pass_nats_server_check(tmp_path: Path) -> None:
             timeout=30,
         )
         assert result.returncode == 0, result.stderr
+
+
+def three_hub_path() -> Path:
+    return default_topology_path().parent / "three-hub.yaml"
+
+
+def test_three_hub_topology_loads() -> None:
+    topology = load_topology(three_hub_path())
+
+    assert len(topology.hub.nodes) == 3
+    assert topology.hub.stream_replicas == 3
+    assert topology.links.proxy is True
+    assert [r.name for r in topology.regions] == ["eu-west", "us-east"]
+
+
+def test_proxy_ports_resolved_per_hub_node() -> None:
+    topology = resolve_ports(load_topology(three_hub_path()))
+
+    assert topology.links.control_port > 0
+    for region in topology.regions:
+        assert len(region.leaf.hub_link_ports) == 3
+        assert all(port > 0 for port in region.leaf.hub_link_ports)
+
+
+def test_leaf_behind_proxy_ignores_discovered_hub(tmp_path: Path) -> None:
+    topology = resolve_ports(load_topology(three_hub_path()))
+    region = topology.regions[0]
+
+    remote = leaf_config(topology, region, tmp_path)["leafnodes"]["remotes"][0]
+
+    assert remote["urls"] == [
+        f"nats-leaf://127.0.0.1:{port}" for port in region.leaf.hub_link_ports
+    ]
+    assert remote["ignore_discovered_servers"] is True
+
+
+def test_three_hub_configs_pass_nats_server_check(tmp_path: Path) -> None:
+    topology = resolve_ports(load_topology(three_hub_path()))
+    configs = [
+        hub_node_config(topology, node, tmp_path) for node in topology.hub.nodes
+    ] + [leaf_config(topology, region, tmp_path) for region in topology.regions]
+    for index, config in enumerate(configs):
+        path = write_config(config, tmp_path / f"{index}.conf")
+        result = subprocess.run(
+            [nats_server_binary(), "-t", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_link_ports_must_match_hub_nodes() -> None:
+    raw = base()
+    raw["regions"][0]["leaf"] = {"hub_link_ports": [7001, 7002]}
+    with pytest.raises(TopologyError, match="hub_link_ports has 2 port"):
+        parse_topology(raw)
+
+
+def three_regions() -> dict:  # type: ignore[type-arg]
+    raw = base()
+    raw["regions"] += [
+        {"name": "us-east", "edges": [{"name": "us-1"}]},
+        {"name": "ap-south", "edges": [{"name": "ap-1"}]},
+    ]
+    return raw
+
+
+def test_regions_by_nearness_follows_failover_order() -> None:
+    raw = three_regions()
+    raw["regions"][0]["failover_order"] = ["ap-south"]
+    topology = parse_topology(raw)
+
+    eu_view = [r.name for r in topology.regions_by_nearness("eu-west")]
+    us_view = [r.name for r in topology.regions_by_nearness("us-east")]
+
+    assert eu_view == ["eu-west", "ap-south", "us-east"]
+    assert us_view == ["us-east", "eu-west", "ap-south"]
+
+
+@pytest.mark.parametrize(
+    ("order", "message"),
+    [
+        (["eu-west"], "lists itself in failover_order"),
+        (["mars"], "unknown region 'mars'"),
+        (["us-east", "us-east"], "'us-east' appears twice"),
+    ],
+)
+def test_invalid_failover_order_rejected(order: list[str], message: str) -> None:
+    raw = three_regions()
+    raw["regions"][0]["failover_order"] = order
+    with pytest.raises(TopologyError, match=message):
+        parse_topology(raw)

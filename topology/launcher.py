@@ -13,6 +13,9 @@ import json
 import shutil
 import socket
 import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from core.natsconn import connect_nats
 from core.tokens import ensure_secret
 from topology.cql_server import CqlNode, CqlNodeSpec, start_cluster
 from topology.model import Edge, Region, Topology
-from topology.processes import ManagedProcess
+from topology.processes import ManagedProcess, ProcessFailed, process_start_ticks
 from topology.render import (
     hub_client_urls,
     hub_node_config,
@@ -37,6 +40,8 @@ log = structlog.get_logger(__name__)
 
 NATS_READY_TIMEOUT_S = 20.0
 SERVICE_READY_TIMEOUT_S = 60.0
+SUPERVISE_INTERVAL_S = 0.25
+RESTART_BACKOFF_MAX_S = 30.0
 
 
 def nats_server_binary() -> str:
@@ -73,6 +78,15 @@ def resolve_ports(topology: Topology) -> Topology:
     if scylla["local_nodes"]:
         scylla["contact_points"] = local_cql_addresses(len(data["regions"]))
         _fill(scylla, ["port", "storage_port"])
+    _fill(data["core"], ["metrics_port"])
+    if topology.links.proxy:
+        links = data["links"]
+        _fill(links, ["control_port"])
+        for region in data["regions"]:
+            ports = region["leaf"]["hub_link_ports"] or [0] * len(topology.hub.nodes)
+            region["leaf"]["hub_link_ports"] = [
+                port or free_port(links["host"]) for port in ports
+            ]
     return Topology.model_validate(data)
 
 
@@ -98,15 +112,47 @@ class RunLayout:
         self.data = run_dir / "data"
         self.logs = run_dir / "logs"
         self.nats = run_dir / "nats"
+        # The pid and start time of every process, for `chatmesh chaos`.
+        self.processes = run_dir / "processes.json"
+        # One file per process that must stay down until the time it holds.
+        self.holds = run_dir / "chaos" / "holds"
+
+
+@dataclass(frozen=True)
+class ProcessRole:
+    """The kind of a mesh process (hub, links, leaf, core, edge) and its region."""
+
+    kind: str
+    region: str | None = None
+
+
+def hold_until(layout: RunLayout, name: str) -> float:
+    """Return the Unix time until which process `name` must stay down, or 0."""
+    try:
+        return float((layout.holds / name).read_text())
+    except (OSError, ValueError):
+        return 0.0
 
 
 class Mesh:
     """A running mesh: its processes by name and its endpoints."""
 
-    def __init__(self, topology: Topology, run_dir: Path) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        run_dir: Path,
+        leaf_hub_urls: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Build (not start) the processes; `leaf_hub_urls` reroutes leaf links.
+
+        A region named in `leaf_hub_urls` connects its leaf to those URLs
+        instead of the hub's leaf port, for a proxy between leaf and hub.
+        """
         self.topology = resolve_ports(topology)
-        self.layout = RunLayout(run_dir)
+        self._leaf_hub_urls = dict(leaf_hub_urls or {})
+        self.layout = RunLayout(run_dir.resolve())
         self.processes: dict[str, ManagedProcess] = {}
+        self.roles: dict[str, ProcessRole] = {}
         self.cql_nodes: dict[str, CqlNode] = {}
         self._cql_specs = self._cql_node_specs()
         self._build_processes()
@@ -120,14 +166,27 @@ class Mesh:
                 hub_node_config(topo, node, layout.data),
                 layout.nats / f"{node.name}.conf",
             )
-            self._add_nats(node.name, conf, f"http://{node.host}:{node.monitor_port}")
+            # A clustered hub node is healthy only once its JetStream is current
+            # with the cluster's meta leader; a lone node once JetStream is on.
+            health = "/healthz" if len(topo.hub.nodes) > 1 else _JS_ENABLED_HEALTH
+            monitor = f"http://{node.host}:{node.monitor_port}"
+            self._add_nats(node.name, conf, monitor + health, ProcessRole("hub"))
+        if topo.links.proxy:
+            self._add_links()
         for region in topo.regions:
             conf = write_config(
-                leaf_config(topo, region, layout.data),
+                leaf_config(
+                    topo, region, layout.data, self._leaf_hub_urls.get(region.name)
+                ),
                 layout.nats / f"leaf-{region.name}.conf",
             )
             monitor = f"http://{region.leaf.host}:{region.leaf.monitor_port}"
-            self._add_nats(f"leaf-{region.name}", conf, monitor)
+            self._add_nats(
+                f"leaf-{region.name}",
+                conf,
+                monitor + _JS_ENABLED_HEALTH,
+                ProcessRole("leaf", region.name),
+            )
         for worker in range(topo.core.workers):
             self._add_core(worker)
         for region in topo.regions:
@@ -159,16 +218,28 @@ class Mesh:
             )
         ]
 
-    def _add_nats(self, name: str, conf: Path, monitor_url: str) -> None:
-        async def healthy() -> bool:
-            url = f"{monitor_url}/healthz?js-enabled-only=true"
-            async with httpx.AsyncClient(timeout=1.0) as client:
-                return (await client.get(url)).status_code == 200
-
+    def _add_nats(
+        self, name: str, conf: Path, health_url: str, role: ProcessRole
+    ) -> None:
         argv = [nats_server_binary(), "-c", str(conf)]
+        self._add(name, argv, _http_ok(health_url), role)
+
+    def _add_links(self) -> None:
+        links = self.topology.links
+        url = f"http://{links.host}:{links.control_port}/links"
+        self._add("links", self._chatmesh("links"), _http_ok(url), ProcessRole("links"))
+
+    def _add(
+        self,
+        name: str,
+        argv: list[str],
+        healthy: Callable[[], Awaitable[bool]],
+        role: ProcessRole,
+    ) -> None:
         self.processes[name] = ManagedProcess(
             name, argv, self.layout.logs / f"{name}.log", healthy
         )
+        self.roles[name] = role
 
     def _add_core(self, worker: int) -> None:
         urls = hub_client_urls(self.topology)
@@ -182,22 +253,12 @@ class Mesh:
                 await nc.close()
 
         argv = self._chatmesh("core", "--worker", str(worker))
-        name = f"core-{worker}"
-        self.processes[name] = ManagedProcess(
-            name, argv, self.layout.logs / f"{name}.log", healthy
-        )
+        self._add(f"core-{worker}", argv, healthy, ProcessRole("core"))
 
     def _add_edge(self, region: Region, edge: Edge) -> None:
-        async def healthy() -> bool:
-            async with httpx.AsyncClient(timeout=1.0) as client:
-                url = f"http://{edge.host}:{edge.port}/healthz"
-                return (await client.get(url)).status_code == 200
-
         argv = self._chatmesh("edge", "--edge", edge.name)
-        name = f"edge-{edge.name}"
-        self.processes[name] = ManagedProcess(
-            name, argv, self.layout.logs / f"{name}.log", healthy
-        )
+        healthy = _http_ok(f"http://{edge.host}:{edge.port}/healthz")
+        self._add(f"edge-{edge.name}", argv, healthy, ProcessRole("edge", region.name))
 
     def _chatmesh(self, *args: str) -> list[str]:
         return [
@@ -214,24 +275,31 @@ class Mesh:
     # ---- running -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every process in dependency order, each once the last is healthy."""
+        """Start every process in dependency order, each once the last is healthy.
+
+        The hub nodes start together: a clustered JetStream is healthy only
+        once a quorum of its nodes runs.
+        """
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self.layout.topology.write_text(self.topology.model_dump_json(indent=2))
         ensure_secret(self.layout.token_secret)
+        shutil.rmtree(self.layout.holds, ignore_errors=True)
         log.info(
             "mesh.starting", topology=self.topology.name, run_dir=str(self.layout.root)
         )
         if self._cql_specs:
             nodes = await asyncio.to_thread(start_cluster, self._cql_specs)
             self.cql_nodes = {node.spec.name: node for node in nodes}
+        hub = [n for n in self.processes if self.roles[n].kind == "hub"]
+        for name in hub:
+            self.processes[name].start()
+        for name in hub:
+            await self.processes[name].wait_healthy(NATS_READY_TIMEOUT_S)
         for name, proc in self.processes.items():
-            proc.start()
-            timeout = (
-                NATS_READY_TIMEOUT_S
-                if not name.startswith(("core", "edge"))
-                else SERVICE_READY_TIMEOUT_S
-            )
-            await proc.wait_healthy(timeout)
+            if name not in hub:
+                proc.start()
+                await proc.wait_healthy(self._ready_timeout(name))
+        self.record_processes()
         self.layout.endpoints.write_text(json.dumps(self.endpoints(), indent=2))
         log.info("mesh.started", processes=len(self.processes))
 
@@ -248,12 +316,87 @@ class Mesh:
         proc = self.processes[name]
         proc.stop()
         proc.start()
+        self.record_processes()
         await proc.wait_healthy(SERVICE_READY_TIMEOUT_S)
 
+    async def supervise(self) -> None:
+        """Restart every process that exits, once any chaos hold on it has passed.
+
+        Runs until cancelled, restarting in start order so that a leaf comes
+        back before its edges. A process that does not become healthy is
+        tried again after a growing delay.
+        """
+        failures: dict[str, int] = {}
+        not_before: dict[str, float] = {}
+        reported: set[str] = set()
+        while True:
+            for name, proc in self.processes.items():
+                if proc.running():
+                    continue
+                if name not in reported:
+                    reported.add(name)
+                    log.warning(
+                        "mesh.process_exited", process=name, returncode=proc.returncode
+                    )
+                now = time.time()
+                if hold_until(self.layout, name) > now or not_before.get(name, 0) > now:
+                    continue
+                try:
+                    await self._start_again(name)
+                except ProcessFailed as exc:
+                    failures[name] = failures.get(name, 0) + 1
+                    delay_s = min(2.0 ** failures[name], RESTART_BACKOFF_MAX_S)
+                    not_before[name] = time.time() + delay_s
+                    log.error(
+                        "mesh.restart_failed",
+                        process=name,
+                        attempt=failures[name],
+                        retry_in_s=delay_s,
+                        error=str(exc).splitlines()[0],
+                    )
+                    continue
+                failures.pop(name, None)
+                reported.discard(name)
+            await asyncio.sleep(SUPERVISE_INTERVAL_S)
+
+    async def _start_again(self, name: str) -> None:
+        proc = self.processes[name]
+        log.info("mesh.process_restarting", process=name)
+        proc.start()
+        self.record_processes()
+        await proc.wait_healthy(self._ready_timeout(name))
+        log.info("mesh.process_restarted", process=name)
+
+    def _ready_timeout(self, name: str) -> float:
+        if self.roles[name].kind in ("core", "edge"):
+            return SERVICE_READY_TIMEOUT_S
+        return NATS_READY_TIMEOUT_S
+
+    def record_processes(self) -> None:
+        """Write every running process's pid and start time, for `chatmesh chaos`."""
+        entries: dict[str, dict[str, Any]] = {}
+        for name, proc in self.processes.items():
+            role = self.roles[name]
+            pid = proc.pid if proc.running() else None
+            entries[name] = {
+                "kind": role.kind,
+                "region": role.region,
+                "pid": pid,
+                "start_ticks": process_start_ticks(pid) if pid else None,
+            }
+        temporary = self.layout.processes.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"processes": entries}, indent=2))
+        temporary.replace(self.layout.processes)
+
     def endpoints(self) -> dict[str, Any]:
+        """Return what `mesh.json` records: URLs, metrics endpoints and pids."""
         topo = self.topology
+        links = topo.links
         return {
             "hub": hub_client_urls(topo),
+            "links": (
+                f"http://{links.host}:{links.control_port}" if links.proxy else None
+            ),
             "regions": {
                 region.name: {
                     "leaf": leaf_client_url(region),
@@ -264,7 +407,35 @@ class Mesh:
                 }
                 for region in topo.regions
             },
+            "metrics": self.metrics_urls(),
+            "monitors": {
+                **{
+                    node.name: f"http://{node.host}:{node.monitor_port}"
+                    for node in topo.hub.nodes
+                },
+                **{
+                    f"leaf-{r.name}": f"http://{r.leaf.host}:{r.leaf.monitor_port}"
+                    for r in topo.regions
+                },
+            },
+            "pids": {
+                name: proc.pid
+                for name, proc in self.processes.items()
+                if proc.pid is not None
+            },
         }
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Return the Prometheus endpoint of every core and edge process by name."""
+        core = self.topology.core
+        urls = {
+            f"core-{worker}": f"http://{core.host}:{core.metrics_port}/metrics"
+            for worker in range(core.workers)
+        }
+        for region in self.topology.regions:
+            for edge in region.edges:
+                urls[f"edge-{edge.name}"] = f"http://{edge.host}:{edge.port}/metrics"
+        return urls
 
     def edge_url(self, edge_name: str) -> str:
         for region in self.topology.regions:
@@ -272,3 +443,16 @@ class Mesh:
                 if edge.name == edge_name:
                     return f"ws://{edge.host}:{edge.port}/v1/ws"
         raise KeyError(edge_name)
+
+
+_JS_ENABLED_HEALTH = "/healthz?js-enabled-only=true"
+
+
+def _http_ok(url: str) -> Callable[[], Awaitable[bool]]:
+    """Return a health check that passes when GET `url` returns status 200."""
+
+    async def healthy() -> bool:
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            return (await client.get(url)).status_code == 200
+
+    return healthy

@@ -64,6 +64,10 @@ class Leaf(_Frozen):
     host: str = "127.0.0.1"
     client_port: Port = 0
     monitor_port: Port = 0
+    # The link proxy's listening ports for this leaf, one per hub node in the
+    # order of `hub.nodes`. Used only when `links.proxy` is on; empty picks
+    # free ports at start.
+    hub_link_ports: list[Port] = Field(default_factory=list)
 
 
 class Edge(_Frozen):
@@ -81,19 +85,25 @@ class Region(_Frozen):
     leaf: Leaf = Leaf()
     edges: list[Edge] = Field(min_length=1)
     store_replication_factor: int = Field(default=1, ge=1, le=9)
+    # The other regions, nearest first, that clients of this region fail over
+    # to. Regions not listed follow in the topology's order.
+    failover_order: list[Name] = Field(default_factory=list)
 
 
 class Core(_Frozen):
     """The core workers: sequencer, router, session registry and sync service.
 
     `store_region` is the store datacenter the core reads and writes in
-    (default: the first region); it should be the one nearest the hub.
+    (default: the first region); it should be the one nearest the hub. The
+    worker serves Prometheus metrics at http://host:metrics_port/metrics.
     """
 
     # NOTE: one worker sequences every conversation; partitioning
     # conversations over several workers is not built yet.
     workers: int = Field(default=1, ge=1, le=1)
     store_region: Name | None = None
+    host: str = "127.0.0.1"
+    metrics_port: Port = 0
 
 
 class ScyllaStore(_Frozen):
@@ -129,11 +139,38 @@ class Limits(_Frozen):
     group_size_limit: int = Field(default=200, ge=2, le=10_000)
 
 
+class Ingest(_Frozen):
+    """How an edge batches client messages into its leaf's JetStream.
+
+    A batch is sent when it holds `batch_max_messages` messages or
+    `batch_max_bytes` bytes, or `batch_linger_ms` after its first message.
+    At most `max_batches_in_flight` batches await JetStream's ack at once,
+    and messages that arrive meanwhile wait for the next batch.
+    `batch_max_messages` 1 with `batch_linger_ms` 0 stores each message alone.
+    """
+
+    batch_max_messages: int = Field(default=256, ge=1, le=4096)
+    batch_max_bytes: int = Field(default=512 * 1024, ge=1024, le=900 * 1024)
+    batch_linger_ms: float = Field(default=2.0, ge=0, le=100)
+    max_batches_in_flight: int = Field(default=4, ge=1, le=64)
+
+
 class Presence(_Frozen):
     """How edges report sessions and how long a silent user stays online."""
 
     report_interval_s: float = Field(default=1.0, gt=0, le=60)
     offline_timeout_s: float = Field(default=10.0, gt=0, le=600)
+
+
+class Links(_Frozen):
+    """The network links between each region's leaf node and the hub."""
+
+    # When on, the launcher runs a TCP proxy on every leaf-to-hub link, which
+    # the chaos controls use to cut, heal and slow a region's link.
+    proxy: bool = False
+    host: str = "127.0.0.1"
+    # The proxy's HTTP control API; 0 picks a free port.
+    control_port: Port = 0
 
 
 class Topology(_Frozen):
@@ -145,7 +182,9 @@ class Topology(_Frozen):
     core: Core = Core()
     store: Store = Store()
     limits: Limits = Limits()
+    ingest: Ingest = Ingest()
     presence: Presence = Presence()
+    links: Links = Links()
     dev_users: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -163,6 +202,20 @@ class Topology(_Frozen):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_regions(self) -> Topology:
+        names = [r.name for r in self.regions]
+        for region in self.regions:
+            _check_failover_order(region, names)
+            ports = region.leaf.hub_link_ports
+            if ports and len(ports) != len(self.hub.nodes):
+                raise ValueError(
+                    f"region {region.name!r}: hub_link_ports has {len(ports)} "
+                    f"port(s) but the hub has {len(self.hub.nodes)} node(s); "
+                    "give one port per hub node or leave it empty"
+                )
+        return self
+
     @property
     def core_store_region(self) -> str:
         """Return the store datacenter of the core workers."""
@@ -175,6 +228,28 @@ class Topology(_Frozen):
                 return region
         known = ", ".join(r.name for r in self.regions)
         raise TopologyError(f"unknown region {name!r}; this topology has: {known}")
+
+    def regions_by_nearness(self, name: str) -> list[Region]:
+        """Return every region: `name`, its `failover_order`, then the others."""
+        region = self.get_region(name)
+        ordered = [name, *region.failover_order]
+        ordered += [r.name for r in self.regions if r.name not in ordered]
+        return [self.get_region(n) for n in ordered]
+
+
+def _check_failover_order(region: Region, names: list[str]) -> None:
+    _require_unique(f"regions.{region.name}.failover_order", region.failover_order)
+    for other in region.failover_order:
+        if other == region.name:
+            raise ValueError(
+                f"region {region.name!r} lists itself in failover_order; "
+                "list only the other regions"
+            )
+        if other not in names:
+            raise ValueError(
+                f"region {region.name!r}: failover_order names unknown region "
+                f"{other!r}; this topology has: {', '.join(names)}"
+            )
 
 
 def _require_unique(field: str, names: list[str]) -> None:

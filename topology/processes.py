@@ -50,6 +50,11 @@ class ManagedProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has exited, else None."""
+        return self._proc.poll() if self._proc else None
+
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -85,6 +90,14 @@ class ManagedProcess:
             f"{self.name} was not healthy after {timeout_s:.0f} s; "
             f"see {self.log_path}\n{self.tail()}"
         )
+
+    async def check_health(self) -> bool:
+        """Run the health check once; False if it fails or raises."""
+        try:
+            return self.running() and await self._health()
+        except Exception as exc:
+            log.debug("process.health_pending", process=self.name, error=repr(exc))
+            return False
 
     def signal(self, sig: signal.Signals) -> None:
         if self.running():
@@ -123,3 +136,18 @@ class ManagedProcess:
             )
         except OSError:
             return "(no log)"
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Return when `pid` started, in clock ticks since boot, or None if it is gone.
+
+    A pid together with its start time names one process, even after the
+    kernel reuses the pid. Linux only: it reads field 22 of /proc/PID/stat.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces; fields after it do not.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])

@@ -55,10 +55,23 @@ def hub_node_config(
     return config
 
 
-def leaf_config(topology: Topology, region: Region, data_dir: Path) -> dict[str, Any]:
-    """Return the nats-server config of a region's leaf node."""
+def leaf_config(
+    topology: Topology,
+    region: Region,
+    data_dir: Path,
+    hub_urls: list[str] | None = None,
+) -> dict[str, Any]:
+    """Return the nats-server config of a region's leaf node.
+
+    `hub_urls` replaces the hub's leaf-node URLs, to route the link through
+    a proxy (the benchmark's delay proxy does).
+    """
     leaf = region.leaf
-    hub_urls = [f"nats-leaf://{n.host}:{n.leaf_port}" for n in topology.hub.nodes]
+    if hub_urls is None:
+        remote = _hub_remote(topology, region)
+    else:
+        # The hub would tell the leaf its real addresses, bypassing the proxy.
+        remote = {"urls": hub_urls, "ignore_discovered_servers": True}
     return {
         "server_name": f"leaf-{region.name}",
         "listen": f"{leaf.host}:{leaf.client_port}",
@@ -70,9 +83,30 @@ def leaf_config(topology: Topology, region: Region, data_dir: Path) -> dict[str,
         ),
         "leafnodes": {
             "reconnect": LEAF_RECONNECT,
-            "remotes": [{"urls": hub_urls}],
+            "remotes": [remote],
         },
     }
+
+
+def _hub_remote(topology: Topology, region: Region) -> dict[str, Any]:
+    """Return the leaf's remote that lists every hub node, or its link proxy ports.
+
+    Behind the proxy the leaf must ignore the hub nodes' own addresses, which
+    the hub sends it once connected, or it would bypass the proxy.
+    """
+    if not topology.links.proxy:
+        urls = [f"nats-leaf://{n.host}:{n.leaf_port}" for n in topology.hub.nodes]
+        return {"urls": urls}
+    ports = region.leaf.hub_link_ports
+    if len(ports) != len(topology.hub.nodes):
+        raise ValueError(
+            f"region {region.name!r} has {len(ports)} hub link port(s) for "
+            f"{len(topology.hub.nodes)} hub node(s); render from a topology "
+            "whose ports are resolved (topology.launcher.resolve_ports)"
+        )
+    host = topology.links.host
+    urls = [f"nats-leaf://{host}:{port}" for port in ports]
+    return {"urls": urls, "ignore_discovered_servers": True}
 
 
 def _jetstream(store_dir: Path, domain: str, sync_always: bool) -> dict[str, Any]:
@@ -92,6 +126,10 @@ def write_config(config: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path
+
+
+def hub_leaf_urls(topology: Topology) -> list[str]:
+    return [f"nats-leaf://{n.host}:{n.leaf_port}" for n in topology.hub.nodes]
 
 
 def hub_client_urls(topology: Topology) -> list[str]:

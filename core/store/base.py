@@ -151,6 +151,30 @@ class MessageStore(ABC):
         guarantees that `seq` is the conversation's next sequence.
         """
 
+    async def append_messages(
+        self, batch: Sequence[tuple[StoredMessage, Sequence[UserId]]]
+    ) -> None:
+        """Store each (message, members) pair as `append_message` does, in order.
+
+        Backends that can store the whole batch in one atomic write do so,
+        which saves a disk flush per message. This default stores one
+        message after another, so a failure may leave a prefix stored; a
+        retry of the whole batch is safe because every write is idempotent.
+        """
+        for message, members in batch:
+            await self.append_message(message, members)
+
+    async def fetch_by_client_ids(
+        self, keys: Sequence[tuple[UserId, str]]
+    ) -> dict[tuple[UserId, str], StoredMessage]:
+        """Return the messages stored under any of these (sender, client id) keys."""
+        found: dict[tuple[UserId, str], StoredMessage] = {}
+        for sender, client_msg_id in dict.fromkeys(keys):
+            message = await self.fetch_by_client_id(sender, client_msg_id)
+            if message is not None:
+                found[(sender, client_msg_id)] = message
+        return found
+
     @abstractmethod
     async def fetch_by_client_id(
         self, sender: UserId, client_msg_id: str

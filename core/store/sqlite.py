@@ -87,6 +87,9 @@ _MESSAGE_COLUMNS = (
     "target",
 )
 _COLUMNS = ", ".join(_MESSAGE_COLUMNS)
+_MEMBERSHIP = "INSERT OR IGNORE INTO user_conversations VALUES (?, ?, 1, NULL)"
+# Two bound parameters per key, well under SQLite's limit of 32766.
+_KEYS_PER_QUERY = 500
 _VALUES = ", ".join("?" * len(_MESSAGE_COLUMNS))
 
 
@@ -142,6 +145,30 @@ class SqliteStore(MessageStore):
                 await db.rollback()
                 raise StoreError(f"{what} failed: {exc}") from exc
 
+    async def _write_many(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], what: str
+    ) -> None:
+        """Run `statements` in one transaction, one `executemany` per query text.
+
+        Statements with the same query run together, in the order of their
+        query's first use, so the transaction crosses to aiosqlite's thread
+        once per query, not once per row. Callers pass only statements whose
+        order across queries does not matter, as the batch's upserts are.
+        """
+        groups: dict[str, list[Sequence[Any]]] = {}
+        for query, args in statements:
+            groups.setdefault(query, []).append(args)
+        db = await self._conn()
+        async with self._write_lock:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                for query, rows in groups.items():
+                    await db.executemany(query, rows)
+                await db.commit()
+            except aiosqlite.Error as exc:
+                await db.rollback()
+                raise StoreError(f"{what} failed: {exc}") from exc
+
     # ---- users ---------------------------------------------------------------
 
     async def register_user(self, user: UserId) -> None:
@@ -179,9 +206,40 @@ class SqliteStore(MessageStore):
     ) -> None:
         validate_message(message, members)
         statements = _message_statements(message)
-        membership = "INSERT OR IGNORE INTO user_conversations VALUES (?, ?, 1, NULL)"
-        statements += [(membership, (user, message.conversation)) for user in members]
+        statements += [(_MEMBERSHIP, (u, message.conversation)) for u in members]
         await self._write(statements, f"append of {message.conversation}#{message.seq}")
+
+    async def append_messages(
+        self, batch: Sequence[tuple[StoredMessage, Sequence[UserId]]]
+    ) -> None:
+        """Store the whole batch in one transaction: one WAL fsync for all."""
+        statements: list[tuple[str, Sequence[Any]]] = []
+        for message, members in batch:
+            validate_message(message, members)
+            statements += _message_statements(message)
+            statements += [(_MEMBERSHIP, (u, message.conversation)) for u in members]
+        if statements:
+            await self._write_many(statements, f"append of {len(batch)} messages")
+
+    async def fetch_by_client_ids(
+        self, keys: Sequence[tuple[UserId, str]]
+    ) -> dict[tuple[UserId, str], StoredMessage]:
+        wanted = list(dict.fromkeys(keys))
+        found: dict[tuple[UserId, str], StoredMessage] = {}
+        for start in range(0, len(wanted), _KEYS_PER_QUERY):
+            chunk = wanted[start : start + _KEYS_PER_QUERY]
+            values = ", ".join("(?, ?)" for _ in chunk)
+            query = (
+                f"WITH wanted (sender, client_msg_id) AS (VALUES {values}) "
+                f"SELECT {_prefixed('m.')} FROM wanted w JOIN client_ids c "
+                "ON c.sender = w.sender AND c.client_msg_id = w.client_msg_id "
+                "JOIN messages m ON m.conversation = c.conversation AND m.seq = c.seq"
+            )
+            args = [part for key in chunk for part in key]
+            for row in await self._fetchall(query, args):
+                message = _to_message(row)
+                found[(UserId(message.sender), message.client_msg_id)] = message
+        return found
 
     async def fetch_by_client_id(
         self, sender: UserId, client_msg_id: str

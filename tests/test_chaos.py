@@ -1,0 +1,101 @@
+"""The chaos suite's short form, on a three-node hub with link proxies.
+
+Every scenario runs under a steady load of chatting clients in both regions
+and must lose, duplicate and reorder nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from chatmesh.chaos.runner import run_scenario, wait_mesh_healthy
+from chatmesh.chaos.scenarios import SCENARIOS, SHORT, Scenario
+from tests.conftest import start_mesh
+from topology.chaos import Chaos
+from topology.launcher import Mesh
+from topology.model import default_topology_path, load_topology
+
+pytestmark = pytest.mark.chaos
+
+CHATMESH = [sys.executable, "-m", "chatmesh", "--log-level", "WARNING"]
+# Scenarios whose fault closes the sessions of the first region's clients.
+MOVING = {"edge-dies", "edge-freezes", "region-dies", "edge-and-core-die"}
+
+
+@pytest.fixture(scope="module")
+def chaos_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    topology = load_topology(default_topology_path().parent / "three-hub.yaml")
+    run = start_mesh(topology, tmp_path_factory.mktemp("chaos"))
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+async def test_scenario_keeps_every_message(
+    chaos_mesh: Mesh, scenario: Scenario
+) -> None:
+    report = await run_scenario(chaos_mesh, scenario, SHORT)
+
+    assert report.acknowledged > 0
+    assert report.lost == 0, report.lost_ids
+    assert report.duplicates == 0
+    assert report.regressions == 0
+    assert report.conflicts == 0
+    assert report.sender_inversions == 0
+    assert report.not_resumed == 0
+    assert report.not_back_home == 0
+    assert report.catch_up_s is not None, "recipients did not catch up"
+    assert report.presence_convergence_s is not None, "presence did not converge"
+    if scenario.name in MOVING:
+        assert report.moved_region > 0
+        assert report.resume_p99_s is not None
+
+
+def chaos_command(mesh: Mesh, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CHATMESH, "chaos", *args, "--run-dir", str(mesh.layout.root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def link_modes(mesh: Mesh) -> dict[str, tuple[str, float]]:
+    links = asyncio.run(Chaos(mesh.layout.root).links())
+    return {link["region"]: (link["mode"], link["latency_ms"]) for link in links}
+
+
+def test_chaos_commands_on_running_mesh(chaos_mesh: Mesh) -> None:
+    listed = chaos_command(chaos_mesh, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "edge-eu-west-1" in listed.stdout
+    assert "link eu-west" in listed.stdout
+
+    assert chaos_command(chaos_mesh, "cut", "eu-west").returncode == 0
+    assert chaos_command(chaos_mesh, "latency", "us-east", "20").returncode == 0
+    assert link_modes(chaos_mesh) == {
+        "eu-west": ("blackhole", 0.0),
+        "us-east": ("up", 20.0),
+    }
+
+    assert chaos_command(chaos_mesh, "heal").returncode == 0
+    assert chaos_command(chaos_mesh, "latency", "us-east", "0").returncode == 0
+    assert link_modes(chaos_mesh) == {"eu-west": ("up", 0.0), "us-east": ("up", 0.0)}
+
+    paused = chaos_command(chaos_mesh, "pause", "--region", "us-east", "--for", "0.5")
+    assert paused.returncode == 0, paused.stderr
+    assert "resumed leaf-us-east" in paused.stdout
+    locked = chaos_command(chaos_mesh, "lock-store", "--for", "0.2")
+    assert locked.returncode == 0, locked.stderr
+    asyncio.run(wait_mesh_healthy(chaos_mesh, 30))
+
+    unknown = chaos_command(chaos_mesh, "kill", "edge-mars-1")
+    assert unknown.returncode != 0
+    assert "unknown process edge-mars-1" in unknown.stderr
