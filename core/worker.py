@@ -44,7 +44,8 @@ from core.sequencer import Sequencer
 from core.sessions import SessionRegistry
 from core.store.base import MessageStore
 from core.store.factory import open_store
-from sync.streams import ensure_mesh_streams
+from sync.streams import ensure_mesh_streams, hub_ingest_config
+from sync.watchdog import SourceWatchdog
 from topology.model import Topology
 from topology.render import hub_client_urls
 
@@ -58,6 +59,10 @@ PUBLISH_ATTEMPTS = 8
 DELIVERY_BATCH_MAX_BYTES = 512 * 1024
 # How often the worker reads the hub's stream state for the lag gauges.
 LAG_POLL_INTERVAL_S = 2.0
+SOURCE_CHECK_S = 2.0
+PROBE_TIMEOUT_S = 1.0
+# Failed source checks are logged once and then every this many failures.
+CHECK_FAILURE_LOG_EVERY = 30
 
 
 class CoreWorker:
@@ -121,6 +126,7 @@ class CoreWorker:
                 self._presence.publish_changes_forever(self._nc, interval_s)
             ),
             asyncio.create_task(self._poll_lag_forever()),
+            asyncio.create_task(self._watch_sources_forever()),
         ]
         self.ready.set()
         log.info("core.started", worker=self._worker_id)
@@ -156,6 +162,38 @@ class CoreWorker:
                 log.warning("core.streams_retry", attempt=attempt, error=repr(exc))
                 await asyncio.sleep(STARTUP_RETRY_S)
                 attempt += 1
+
+    async def _watch_sources_forever(self) -> None:
+        """Restart the hub INGEST stream's sources that stalled after an outage."""
+        assert self._js is not None and self._nc is not None
+        nc = self._nc
+        config = hub_ingest_config(self._regions, self._topology.hub.stream_replicas)
+        regions = {subjects.region_ingest_stream(r): r for r in self._regions}
+
+        async def leaf_reachable(stream: str) -> bool:
+            js = nc.jetstream(domain=regions[stream], timeout=PROBE_TIMEOUT_S)
+            try:
+                await js.stream_info(stream)
+            except Exception:  # Any failure means the leaf is not reachable.
+                return False
+            return True
+
+        watchdog = SourceWatchdog(
+            self._js, config, leaf_reachable, f"core-{self._worker_id}"
+        )
+        failures = 0
+        while True:
+            await asyncio.sleep(SOURCE_CHECK_S)
+            try:
+                await watchdog.check()
+            except Exception as exc:
+                failures += 1
+                if failures % CHECK_FAILURE_LOG_EVERY == 1:
+                    log.warning(
+                        "core.source_check_failed", failures=failures, error=repr(exc)
+                    )
+                continue
+            failures = 0
 
     async def _subscribe_services(self, nc: Client) -> None:
         q = SERVICE_QUEUE

@@ -27,7 +27,8 @@ from edge.presence import (
     report_presence_forever,
 )
 from edge.sessions import LocalSessions
-from sync.streams import ensure_region_streams
+from sync.streams import ensure_region_streams, region_deliver_config
+from sync.watchdog import SourceWatchdog
 from topology.model import Edge, Region, Topology
 from topology.render import leaf_client_url
 
@@ -48,6 +49,7 @@ CLOSE_TRY_AGAIN_LATER = 1013
 # connections so that they fail over to another region.
 LEAF_LOSS_GRACE_S = 3.0
 LEAF_CHECK_S = 0.5
+HUB_PROBE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class EdgeRuntime:
         self._deliveries: Subscription | None = None
         self._deliveries_created: datetime.datetime | None = None
         self._check_failures = 0
+        self._watchdog: SourceWatchdog | None = None
         self.ready = False
 
     @property
@@ -186,7 +189,8 @@ class EdgeRuntime:
         at 1, so the old ordered consumer, which waits for the sequence after
         the last one it saw, would miss every delivery. Deliveries of the gap
         are lost to this edge, so it closes its clients' connections with
-        code 1012: they reconnect and sync from their cursors.
+        code 1012: they reconnect and sync from their cursors. Each check
+        also restarts the stream's source from the hub if it stalled.
         """
         while True:
             await asyncio.sleep(DELIVERY_CHECK_S)
@@ -220,6 +224,7 @@ class EdgeRuntime:
             log.warning("edge.deliveries_stream_missing", stream=stream)
             await ensure_region_streams(self._js, region)
             info = await self._js.stream_info(stream)
+        await self._source_watchdog().check()
         if info.created == self._deliveries_created:
             return
         log.warning("edge.deliveries_resubscribing", stream=stream)
@@ -231,6 +236,25 @@ class EdgeRuntime:
             CLOSE_SERVICE_RESTART, "the delivery feed restarted; reconnect and sync"
         )
         log.info("edge.deliveries_resubscribed", stream=stream, closed=closed)
+
+    def _source_watchdog(self) -> SourceWatchdog:
+        """Return the watchdog that restarts the delivery stream's stalled source."""
+        if self._watchdog is None:
+            assert self._js is not None and self._nc is not None
+            nc = self._nc
+
+            async def hub_reachable(stream: str) -> bool:
+                hub = nc.jetstream(domain=subjects.HUB_DOMAIN, timeout=HUB_PROBE_S)
+                try:
+                    await hub.stream_info(stream)
+                except Exception:  # Any failure means the hub is not reachable.
+                    return False
+                return True
+
+            config = region_deliver_config(self.identity.region.name)
+            owner = f"edge-{self.identity.edge.name}"
+            self._watchdog = SourceWatchdog(self._js, config, hub_reachable, owner)
+        return self._watchdog
 
     async def _shed_clients_without_leaf(self) -> None:
         """Close every client connection once the leaf is gone for a few seconds.

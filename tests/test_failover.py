@@ -16,6 +16,11 @@ from topology.launcher import Mesh
 # Shorter than the defaults, so that failback happens within a test's time.
 FAST = FailoverPolicy(probe_interval_s=0.5, backoff_max_s=1.0)
 RESUME_TIMEOUT_S = 20.0
+# Long enough for the hub's source of the leaf's stream to fail more than
+# once: nats-server then waits 20 s or more before it tries again. Measured
+# on this test: 32 s from the send to its arrival without `SourceWatchdog`.
+LEAF_DOWN_S = 25.0
+FLOW_AGAIN_TIMEOUT_S = 10.0
 
 
 def edge_of(mesh: Mesh, region: str) -> str:
@@ -114,6 +119,26 @@ async def test_client_leaves_edge_whose_leaf_died(fresh_mesh: Mesh) -> None:
         await wait_shown(alice, [text])
         received = await wait_shown(bob, ["from the other region"])
         assert received[0].sender == "alice"
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_region_messages_flow_soon_after_long_outage(fresh_mesh: Mesh) -> None:
+    alice = await failover_client(fresh_mesh, "alice", "eu-west")
+    bob = await failover_client(fresh_mesh, "bob", "us-east")
+    leaf = fresh_mesh.processes["leaf-eu-west"]
+    try:
+        leaf.kill()
+        await asyncio.sleep(LEAF_DOWN_S)
+        leaf.start()
+        await leaf.wait_healthy(30)
+        await wait_in_region(alice, "eu-west")
+
+        text = f"after the outage {uuid.uuid4().hex[:6]}"
+        await alice.send("bob", text)
+        async with asyncio.timeout(FLOW_AGAIN_TIMEOUT_S):
+            await wait_shown(bob, [text])
     finally:
         await alice.close()
         await bob.close()

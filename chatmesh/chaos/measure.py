@@ -13,6 +13,8 @@
   connected in its nearest region again;
 - catch-up: from the end of the fault until recipients showed every message
   accepted before it;
+- late: accepted messages that their recipient had not shown, without a
+  sync, by the end of the settle timeout;
 - presence convergence: from the end of the fault until every user's
   partners are shown online in the region they are connected to.
 """
@@ -190,23 +192,50 @@ async def wait_caught_up(
     Returns the seconds from the fault's end to the last of those shown, or
     None if they were not all shown within `timeout_s` without a sync.
     """
-    users = by_user(load)
     due = [
         m
         for m in acknowledged(load)
         if m.accepted_at is not None and m.accepted_at <= window.ended_at
     ]
+    last = await wait_shown(load, due, timeout_s)
+    return None if last is None else max(0.0, last - window.ended_at)
+
+
+async def count_late(load: Load, timeout_s: float) -> int:
+    """Wait until recipients showed every accepted message; count those still missing.
+
+    Call it after the load stopped. A message missing after `timeout_s`
+    reached its recipient late or, if the final sync does not bring it
+    either, never.
+    """
+    due = acknowledged(load)
+    if await wait_shown(load, due, timeout_s) is not None:
+        return 0
+    users = by_user(load)
+    return sum(
+        1 for m in due if (m.sender, m.client_msg_id) not in users[m.recipient].shown_at
+    )
+
+
+async def wait_shown(
+    load: Load, messages: list[SentMessage], timeout_s: float
+) -> float | None:
+    """Return when the last of `messages` was shown, once all have been.
+
+    Returns None if they were not all shown within `timeout_s`.
+    """
+    users = by_user(load)
     deadline = time.monotonic() + timeout_s
     while True:
         shown = [
-            users[m.recipient].shown_at.get((m.sender, m.client_msg_id)) for m in due
+            users[m.recipient].shown_at.get((m.sender, m.client_msg_id))
+            for m in messages
         ]
         if all(at is not None for at in shown):
-            last = max((at for at in shown if at is not None), default=0.0)
-            return max(0.0, last - window.ended_at)
+            return max((at for at in shown if at is not None), default=0.0)
         if time.monotonic() > deadline:
             missing = sum(1 for at in shown if at is None)
-            log.warning("chaos.not_caught_up", missing=missing, timeout_s=timeout_s)
+            log.warning("chaos.not_shown", missing=missing, timeout_s=timeout_s)
             return None
         await asyncio.sleep(POLL_INTERVAL_S)
 

@@ -39,6 +39,8 @@ class ScenarioReport:
     delivery_p50_s: float | None
     delivery_p99_s: float | None
     lost_ids: list[str] = field(default_factory=list)
+    # Accepted messages not shown within the settle timeout without a sync.
+    late: int = 0
     not_back_home: int = 0
 
     @property
@@ -63,6 +65,8 @@ class ScenarioReport:
             found.append(f"{self.not_back_home} clients did not return home")
         if self.catch_up_s is None:
             found.append("recipients did not catch up without a sync")
+        if self.late:
+            found.append(f"{self.late} messages not shown without a sync")
         if self.presence_convergence_s is None:
             found.append("presence did not converge")
         return found

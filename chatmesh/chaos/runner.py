@@ -88,10 +88,12 @@ async def _settle_and_check(
     await asyncio.sleep(form.after_s)
     await load.stop(form.settle_timeout_s)
     catch_up_s = await measure.wait_caught_up(load, window, form.settle_timeout_s)
+    late = await measure.count_late(load, form.settle_timeout_s)
     presence_s = await presence
     away = await measure.wait_back_home(load, form.settle_timeout_s)
     await load.sync_all(SYNC_TIMEOUT_S)
     report = assess(scenario, form, load, window, catch_up_s, presence_s)
+    report.late = late
     report.not_back_home = away
     return report
 
