@@ -31,8 +31,6 @@ log = structlog.get_logger(__name__)
 
 FETCH_BATCH = 256
 FETCH_TIMEOUT_S = 1.0
-# How long the second fetch of a read waits when nothing more is ready.
-READY_TIMEOUT_S = 0.005
 ACK_WAIT_S = 30.0
 RETRY_S = 0.5
 NAK_DELAY_S = 1.0
@@ -83,7 +81,7 @@ class IngestConsumer:
         log.info("core.consuming", stream=subjects.HUB_INGEST_STREAM)
         while True:
             try:
-                batch = await _fetch(sub)
+                batch = await sub.fetch(FETCH_BATCH, timeout=FETCH_TIMEOUT_S)
             except (FetchTimeoutError, TimeoutError):
                 continue
             except Exception:
@@ -212,23 +210,6 @@ class IngestConsumer:
             self._metrics.edge_to_core_seconds.observe(
                 max(0.0, now_ms - envelope.accepted_at_ms) / 1000
             )
-
-
-async def _fetch(sub: JetStreamContext.PullSubscription) -> list[Msg]:
-    """Wait for one message, then take what else is ready, without waiting long.
-
-    nats-py 2.16's `fetch(n)` with n > 1, once its long-poll delivers a first
-    message, waits for the other n - 1 until the timeout, so a quiet stream
-    would hold a message for up to `FETCH_TIMEOUT_S`. A fetch of one returns
-    as soon as a message arrives, and the second fetch first asks for what
-    is already there.
-    """
-    first = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
-    try:
-        rest = await sub.fetch(FETCH_BATCH - 1, timeout=READY_TIMEOUT_S)
-    except (FetchTimeoutError, TimeoutError):
-        rest = []
-    return first + rest
 
 
 async def _nak(msgs: list[Msg]) -> None:
