@@ -24,7 +24,7 @@ from core.catchup import fetch_sync_page
 from core.errors import ClientError
 from core.groups import GroupService
 from core.ids import MessageIdGenerator, UserId
-from core.natsconn import close_nats, connect_nats
+from core.natsconn import NatsAuth, close_nats, connect_nats
 from core.presence import PresenceService
 from core.schema import (
     Delivery,
@@ -60,8 +60,15 @@ PUBLISH_ATTEMPTS = 8
 class CoreWorker:
     """One core worker; `start()` returns once it serves, `stop()` drains it."""
 
-    def __init__(self, topology: Topology, worker_id: int, base_dir: Path) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        worker_id: int,
+        base_dir: Path,
+        auth: NatsAuth | None = None,
+    ) -> None:
         self._topology = topology
+        self._auth = auth
         self._worker_id = worker_id
         self._regions = [r.name for r in topology.regions]
         self._store: MessageStore = open_store(
@@ -91,7 +98,7 @@ class CoreWorker:
         for user in self._topology.dev_users:
             await self._store.register_user(UserId(user))
         self._nc = await connect_nats(
-            hub_client_urls(self._topology), f"core-{self._worker_id}"
+            hub_client_urls(self._topology), f"core-{self._worker_id}", self._auth
         )
         self._js = self._nc.jetstream(domain=subjects.HUB_DOMAIN)
         await self._ensure_streams()
@@ -232,6 +239,19 @@ class CoreWorker:
         except ValidationError as exc:
             # Edges validate before they accept, so this is a bug or tampering.
             log.error("core.poison_message", subject=msg.subject, error=str(exc))
+            await msg.term()
+            return
+        origin = envelope.origin
+        if msg.subject != subjects.ingest_subject(origin.region, origin.edge):
+            # Each edge may publish only its own ingest subject, so the subject
+            # names the edge that accepted the message; the body must agree.
+            log.error(
+                "core.origin_mismatch",
+                subject=msg.subject,
+                region=origin.region,
+                edge=origin.edge,
+                sender=envelope.sender,
+            )
             await msg.term()
             return
         try:

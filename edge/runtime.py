@@ -11,11 +11,13 @@ from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 
 from core import subjects
-from core.natsconn import close_nats, connect_nats
+from core.natsconn import NatsAuth, close_nats, connect_nats
+from core.tokens import PublicKeys
 from edge.affinity import owner_edge
 from edge.core_client import CoreClient
 from edge.deliveries import DeliveryFanout
 from edge.ingest import Ingest
+from edge.limits import EdgeLimits
 from edge.presence import PresenceFanout, report_presence_forever
 from edge.sessions import LocalSessions
 from sync.streams import ensure_region_streams
@@ -30,12 +32,18 @@ DELIVERY_HEARTBEAT_S = 2.0
 
 @dataclass(frozen=True)
 class EdgeIdentity:
-    """Who this edge is: its place in the topology and its token secret."""
+    """Who this edge is: its place in the topology, token keys and NATS login."""
 
     topology: Topology
     region: Region
     edge: Edge
-    token_secret: bytes
+    token_keys: PublicKeys
+    nats_auth: NatsAuth
+
+    @property
+    def audience(self) -> str:
+        """Return the audience tokens must name: the mesh's name."""
+        return self.topology.name
 
     def edge_url(self, name: str) -> str:
         """Return the WebSocket URL of an edge of this region."""
@@ -54,6 +62,7 @@ class EdgeRuntime:
     def __init__(self, identity: EdgeIdentity) -> None:
         self.identity = identity
         self.sessions = LocalSessions()
+        self.limits = EdgeLimits(identity.topology.limits)
         self._nc: Client | None = None
         self._core: CoreClient | None = None
         self._ingest: Ingest | None = None
@@ -75,7 +84,11 @@ class EdgeRuntime:
         ident = self.identity
         region, edge = ident.region.name, ident.edge.name
         log.info("edge.starting", region=region, edge=edge)
-        self._nc = await connect_nats([leaf_client_url(ident.region)], f"edge-{edge}")
+        self._nc = await connect_nats(
+            [leaf_client_url(ident.topology, ident.region)],
+            f"edge-{edge}",
+            ident.nats_auth,
+        )
         js = self._nc.jetstream(domain=region)
         await self._ensure_streams(js, region)
         self._core = CoreClient(self._nc)

@@ -19,8 +19,15 @@ import httpx
 import structlog
 
 from core import subjects
-from core.natsconn import connect_nats
-from core.tokens import ensure_secret
+from core.natsconn import NatsAuth, connect_nats
+from core.tokens import KeyStore
+from topology.credentials import (
+    OPS_USER,
+    client_auth,
+    ensure_passwords,
+    mesh_users,
+    read_password,
+)
 from topology.model import Edge, Region, Topology
 from topology.processes import ManagedProcess
 from topology.render import (
@@ -70,6 +77,17 @@ def resolve_ports(topology: Topology) -> Topology:
     return Topology.model_validate(data)
 
 
+def resolve_tls_paths(topology: Topology) -> Topology:
+    """Return a copy of `topology` whose certificate paths are absolute."""
+    if topology.tls is None:
+        return topology
+    tls = topology.tls.model_dump()
+    for key, value in tls.items():
+        if key.endswith("_file"):
+            tls[key] = str(Path(value).resolve())
+    return topology.model_copy(update={"tls": type(topology.tls).model_validate(tls)})
+
+
 def _fill(item: dict[str, Any], keys: list[str]) -> None:
     for key in keys:
         if item[key] == 0:
@@ -83,7 +101,11 @@ class RunLayout:
         self.root = run_dir
         self.topology = run_dir / "topology.json"
         self.endpoints = run_dir / "mesh.json"
-        self.token_secret = run_dir / "secrets" / "token.key"
+        self.secrets = run_dir / "secrets"
+        self.nats_secrets = self.secrets / "nats"
+        self.token_private_keys = self.secrets / "token-keys"
+        # Public: edges read it, and it may be copied to any host that verifies.
+        self.token_public_keys = run_dir / "token-keys.json"
         self.data = run_dir / "data"
         self.logs = run_dir / "logs"
         self.nats = run_dir / "nats"
@@ -93,8 +115,13 @@ class Mesh:
     """A running mesh: its processes by name and its endpoints."""
 
     def __init__(self, topology: Topology, run_dir: Path) -> None:
-        self.topology = resolve_ports(topology)
+        self.topology = resolve_tls_paths(resolve_ports(topology))
         self.layout = RunLayout(run_dir)
+        ensure_passwords(self.layout.nats_secrets, mesh_users(self.topology))
+        self.passwords = {
+            user: read_password(self.layout.nats_secrets, user)
+            for user in mesh_users(self.topology)
+        }
         self.processes: dict[str, ManagedProcess] = {}
         self._build_processes()
 
@@ -104,13 +131,13 @@ class Mesh:
         topo, layout = self.topology, self.layout
         for node in topo.hub.nodes:
             conf = write_config(
-                hub_node_config(topo, node, layout.data),
+                hub_node_config(topo, node, layout.data, self.passwords),
                 layout.nats / f"{node.name}.conf",
             )
             self._add_nats(node.name, conf, f"http://{node.host}:{node.monitor_port}")
         for region in topo.regions:
             conf = write_config(
-                leaf_config(topo, region, layout.data),
+                leaf_config(topo, region, layout.data, self.passwords),
                 layout.nats / f"leaf-{region.name}.conf",
             )
             monitor = f"http://{region.leaf.host}:{region.leaf.monitor_port}"
@@ -136,7 +163,7 @@ class Mesh:
         urls = hub_client_urls(self.topology)
 
         async def healthy() -> bool:
-            nc = await connect_nats(urls, "launcher-probe")
+            nc = await connect_nats(urls, "launcher-probe", self.ops_auth())
             try:
                 reply = await nc.request(subjects.SERVICE_HEALTH, b"", timeout=1.0)
                 return bool(json.loads(reply.data).get("status") == "ok")
@@ -179,7 +206,7 @@ class Mesh:
         """Start every process in dependency order, each once the last is healthy."""
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self.layout.topology.write_text(self.topology.model_dump_json(indent=2))
-        ensure_secret(self.layout.token_secret)
+        KeyStore(self.layout.token_private_keys, self.layout.token_public_keys).ensure()
         log.info(
             "mesh.starting", topology=self.topology.name, run_dir=str(self.layout.root)
         )
@@ -201,6 +228,10 @@ class Mesh:
             proc.stop()
         log.info("mesh.stopped")
 
+    def ops_auth(self) -> NatsAuth:
+        """Return the operators' login to any server of the mesh."""
+        return client_auth(self.topology, self.layout.nats_secrets, OPS_USER)
+
     async def restart(self, name: str) -> None:
         proc = self.processes[name]
         proc.stop()
@@ -213,7 +244,7 @@ class Mesh:
             "hub": hub_client_urls(topo),
             "regions": {
                 region.name: {
-                    "leaf": leaf_client_url(region),
+                    "leaf": leaf_client_url(topo, region),
                     "edges": {
                         edge.name: f"ws://{edge.host}:{edge.port}/v1/ws"
                         for edge in region.edges

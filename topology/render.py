@@ -8,11 +8,27 @@ syntactically broken file.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from core.subjects import HUB_DOMAIN
-from topology.model import HubNode, Region, Topology
+from topology.credentials import (
+    CORE_USER,
+    OPS_USER,
+    ROUTE_USER,
+    SYSTEM_USER,
+    edge_user,
+    leaf_user,
+    password_hash,
+)
+from topology.model import HubNode, Region, Tls, Topology
+from topology.permissions import (
+    core_permissions,
+    edge_permissions,
+    leaf_link_permissions,
+)
 
 # Silent partitions are noticed after ping_interval * ping_max (about 6 s);
 # the server default is 2 minutes * 2.
@@ -27,12 +43,28 @@ LEAF_RECONNECT = "250ms"
 LEAF_SYNC_INTERVAL = "always"
 MAX_MEMORY_STORE = 512 * 1024 * 1024
 MAX_FILE_STORE = 8 * 1024 * 1024 * 1024
+# Every client, edge, core worker and leaf link works in the application
+# account. The system account is for operators' monitoring requests only, and
+# no leaf link binds it, so it never crosses between servers.
+APP_ACCOUNT = "APP"
+SYSTEM_ACCOUNT = "SYS"
+
+# Plaintext passwords of the mesh's NATS users, by user name.
+Passwords = Mapping[str, str]
 
 
 def hub_node_config(
-    topology: Topology, node: HubNode, data_dir: Path
+    topology: Topology, node: HubNode, data_dir: Path, passwords: Passwords
 ) -> dict[str, Any]:
     """Return the nats-server config of one hub node."""
+    app_users = [
+        _user(CORE_USER, passwords, core_permissions(topology)),
+        _user(OPS_USER, passwords),
+        *[
+            _user(leaf_user(r.name), passwords, leaf_link_permissions(r))
+            for r in topology.regions
+        ],
+    ]
     config: dict[str, Any] = {
         "server_name": node.name,
         "listen": f"{node.host}:{node.client_port}",
@@ -41,25 +73,57 @@ def hub_node_config(
         "ping_max": PING_MAX,
         "jetstream": _jetstream(data_dir / node.name, HUB_DOMAIN, sync_always=False),
         "leafnodes": {"listen": f"{node.host}:{node.leaf_port}"},
+        **_accounts(app_users, passwords),
     }
+    tls = topology.tls
+    if tls is not None:
+        config["tls"] = _server_tls(tls, verify=tls.verify_clients)
+        config["leafnodes"]["tls"] = _server_tls(tls, verify=True)
     if len(topology.hub.nodes) > 1:
-        config["cluster"] = {
-            "name": f"{topology.name}-hub",
-            "listen": f"{node.host}:{node.cluster_port}",
-            "routes": [
-                f"nats-route://{peer.host}:{peer.cluster_port}"
-                for peer in topology.hub.nodes
-                if peer.name != node.name
-            ],
-        }
+        config["cluster"] = _cluster(topology, node, passwords)
     return config
 
 
-def leaf_config(topology: Topology, region: Region, data_dir: Path) -> dict[str, Any]:
+def _cluster(topology: Topology, node: HubNode, passwords: Passwords) -> dict[str, Any]:
+    """Return the routes between hub nodes, authenticated and, with TLS, mutual."""
+    route_login = f"{ROUTE_USER}:{passwords[ROUTE_USER]}@"
+    cluster: dict[str, Any] = {
+        "name": f"{topology.name}-hub",
+        "listen": f"{node.host}:{node.cluster_port}",
+        "authorization": {
+            "user": ROUTE_USER,
+            "password": _hash(passwords[ROUTE_USER]),
+        },
+        "routes": [
+            f"nats-route://{route_login}{peer.host}:{peer.cluster_port}"
+            for peer in topology.hub.nodes
+            if peer.name != node.name
+        ],
+    }
+    if topology.tls is not None:
+        cluster["tls"] = _server_tls(topology.tls, verify=True)
+    return cluster
+
+
+def leaf_config(
+    topology: Topology, region: Region, data_dir: Path, passwords: Passwords
+) -> dict[str, Any]:
     """Return the nats-server config of a region's leaf node."""
     leaf = region.leaf
-    hub_urls = [f"nats-leaf://{n.host}:{n.leaf_port}" for n in topology.hub.nodes]
-    return {
+    link = leaf_user(region.name)
+    login = f"{link}:{passwords[link]}@"
+    hub_urls = [
+        f"nats-leaf://{login}{n.host}:{n.leaf_port}" for n in topology.hub.nodes
+    ]
+    remote: dict[str, Any] = {"urls": hub_urls, "account": APP_ACCOUNT}
+    app_users = [
+        _user(OPS_USER, passwords),
+        *[
+            _user(edge_user(e.name), passwords, edge_permissions(region.name, e.name))
+            for e in region.edges
+        ],
+    ]
+    config: dict[str, Any] = {
         "server_name": f"leaf-{region.name}",
         "listen": f"{leaf.host}:{leaf.client_port}",
         "http": f"{leaf.host}:{leaf.monitor_port}",
@@ -68,10 +132,53 @@ def leaf_config(topology: Topology, region: Region, data_dir: Path) -> dict[str,
         "jetstream": _jetstream(
             data_dir / f"leaf-{region.name}", region.name, sync_always=True
         ),
-        "leafnodes": {
-            "reconnect": LEAF_RECONNECT,
-            "remotes": [{"urls": hub_urls}],
+        "leafnodes": {"reconnect": LEAF_RECONNECT, "remotes": [remote]},
+        **_accounts(app_users, passwords),
+    }
+    tls = topology.tls
+    if tls is not None:
+        config["tls"] = _server_tls(tls, verify=tls.verify_clients)
+        remote["tls"] = {
+            "ca_file": tls.ca_file,
+            "cert_file": tls.client_cert_file,
+            "key_file": tls.client_key_file,
+            "timeout": tls.handshake_timeout_s,
+        }
+    return config
+
+
+def _accounts(app_users: list[dict[str, Any]], passwords: Passwords) -> dict[str, Any]:
+    return {
+        "accounts": {
+            APP_ACCOUNT: {"jetstream": "enabled", "users": app_users},
+            SYSTEM_ACCOUNT: {"users": [_user(SYSTEM_USER, passwords)]},
         },
+        "system_account": SYSTEM_ACCOUNT,
+    }
+
+
+def _user(
+    name: str, passwords: Passwords, permissions: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    user: dict[str, Any] = {"user": name, "password": _hash(passwords[name])}
+    if permissions is not None:
+        user["permissions"] = permissions
+    return user
+
+
+@lru_cache(maxsize=256)
+def _hash(password: str) -> str:
+    # One hash per password and process: bcrypt is slow on purpose.
+    return password_hash(password)
+
+
+def _server_tls(tls: Tls, verify: bool) -> dict[str, Any]:
+    return {
+        "cert_file": tls.cert_file,
+        "key_file": tls.key_file,
+        "ca_file": tls.ca_file,
+        "verify": verify,
+        "timeout": tls.handshake_timeout_s,
     }
 
 
@@ -88,15 +195,23 @@ def _jetstream(store_dir: Path, domain: str, sync_always: bool) -> dict[str, Any
 
 
 def write_config(config: dict[str, Any], path: Path) -> Path:
-    """Write a rendered config as JSON and return its path."""
+    """Write a config as JSON, mode 0600 as it holds secrets; return its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path
 
 
 def hub_client_urls(topology: Topology) -> list[str]:
-    return [f"nats://{n.host}:{n.client_port}" for n in topology.hub.nodes]
+    scheme = _client_scheme(topology)
+    return [f"{scheme}://{n.host}:{n.client_port}" for n in topology.hub.nodes]
 
 
-def leaf_client_url(region: Region) -> str:
-    return f"nats://{region.leaf.host}:{region.leaf.client_port}"
+def leaf_client_url(topology: Topology, region: Region) -> str:
+    scheme = _client_scheme(topology)
+    return f"{scheme}://{region.leaf.host}:{region.leaf.client_port}"
+
+
+def _client_scheme(topology: Topology) -> str:
+    return "tls" if topology.tls is not None else "nats"
