@@ -229,6 +229,26 @@ def core(topology_file: Path | None, run_dir: Path, worker: int) -> None:
     run_core(topology, worker, layout.data, auth)
 
 
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    default=["127.0.0.1", "localhost"],
+    show_default=True,
+    help="Host name or IP address the server certificate is valid for (repeat).",
+)
+def certs(directory: Path, hosts: tuple[str, ...]) -> None:
+    """Write development TLS certificates to DIRECTORY; print the `tls` section."""
+    import yaml
+
+    from topology.certs import write_dev_certificates
+
+    tls = write_dev_certificates(directory, hosts)
+    click.echo(yaml.safe_dump({"tls": tls.model_dump()}, sort_keys=False), nl=False)
+
+
 @main.group()
 def store() -> None:
     """Manage the message store."""
