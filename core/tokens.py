@@ -4,7 +4,7 @@ The issuer (`chatmesh token`, or a login service) keeps the private keys, one
 PEM file of mode 0600 per key id. Edges hold only the public keys: a JSON Web
 Key Set (RFC 7517) listing at most `MAX_PUBLIC_KEYS` keys, newest first.
 `rotate` adds a key and keeps the previous public key, so tokens signed
-before a rotation stay valid until they expire; the rotation after that
+before a rotation stay valid until they expire. The rotation after that
 retires the older key. Each token names its key in the `kid` header.
 """
 

@@ -1,10 +1,10 @@
 """Token-bucket rate limits of the edge: per connection, per user and per IP.
 
-Every frame costs its UTF-8 size from the byte buckets; `send` frames also
-cost one token from the message buckets, and `presence` frames one from the
-presence buckets. A frame passes only if every bucket it draws from has the
-tokens, and then it takes them from all. A rejected frame takes nothing, and
-its error says when the tokens will be there (`retry_after_ms`).
+Every frame costs its UTF-8 size from the byte buckets. A `send` frame also
+costs one token from the message buckets, and a `presence` frame one from
+the presence buckets. A frame passes only if every bucket it draws from has
+the tokens, and then it takes them from all. A rejected frame takes nothing,
+and its error gives the wait until the tokens are back (`retry_after_ms`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from core.schema import PresenceFrame, SendFrame
 from topology.model import Limits, Rate
 
 Clock = Callable[[], float]
-# A limiter prunes its idle (full) buckets once it holds this many keys.
+# A limiter prunes its idle (full) buckets once it contains this many keys.
 PRUNE_AT_KEYS = 10_000
 
 

@@ -32,7 +32,7 @@ DELIVERY_HEARTBEAT_S = 2.0
 
 @dataclass(frozen=True)
 class EdgeIdentity:
-    """Who this edge is: its place in the topology, token keys and NATS login."""
+    """The edge's place in the topology, its token public keys and NATS login."""
 
     topology: Topology
     region: Region

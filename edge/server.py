@@ -22,7 +22,7 @@ def run_edge(
     """Serve the edge called `edge_name` until SIGINT or SIGTERM.
 
     The edge reads the token public keys from `public_keys_file` and its NATS
-    password from `nats_secrets`; it never sees a token signing key.
+    password from `nats_secrets`. It never reads a token signing key.
     """
     region, edge = next(
         (r, e) for r in topology.regions for e in r.edges if e.name == edge_name

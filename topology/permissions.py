@@ -5,7 +5,7 @@
   streams and reads `DELIVER_<region>` through an ordered consumer. It
   receives replies on its own inbox and presence changes, nothing else.
 - core, on the hub: runs the hub's JetStream, ensures the regions' streams,
-  publishes deliveries and presence changes, and answers service requests.
+  publishes deliveries and presence changes, and replies to service requests.
 - leaf link, on the hub as the leaf node's remote: carries its edges'
   requests and presence reports up and the replies to its edges down, plus
   what sourcing between its leaf streams and the hub's streams needs.

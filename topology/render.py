@@ -195,7 +195,7 @@ def _jetstream(store_dir: Path, domain: str, sync_always: bool) -> dict[str, Any
 
 
 def write_config(config: dict[str, Any], path: Path) -> Path:
-    """Write a config as JSON, mode 0600 as it holds secrets; return its path."""
+    """Write a config as JSON with mode 0600, because it contains secrets."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
     path.chmod(0o600)
