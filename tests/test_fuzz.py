@@ -206,22 +206,31 @@ async def test_burst_of_malformed_frames_stores_nothing(fuzz_mesh: Mesh) -> None
 
 
 async def _send_and_count_errors(mesh: Mesh, frames: list[str]) -> int:
-    """Send every frame on one connection; return the errors it got back."""
+    """Send every frame on one connection; return the errors it got back.
+
+    Replies are read while sending: a client that reads nothing overflows
+    its outbox on the edge and is disconnected as too slow.
+    """
     url = region_edge_url(mesh, "eu-west")
     async with websockets.connect(url, max_size=2**20) as ws:
         await ws.send(json.dumps({"type": "auth", "token": token_for(mesh, "alice")}))
         assert json.loads(await ws.recv())["type"] == "hello"
-        for frame in frames:
-            await ws.send(frame)
-        await ws.send('{"type": "ping"}')
-        errors = 0
-        async with asyncio.timeout(60):
+
+        async def count_errors() -> int:
+            errors = 0
             while True:
                 event = json.loads(await ws.recv())
                 if event["type"] == "pong":
                     return errors
                 if event["type"] == "error":
                     errors += 1
+
+        counter = asyncio.create_task(count_errors())
+        for frame in frames:
+            await ws.send(frame)
+        await ws.send('{"type": "ping"}')
+        async with asyncio.timeout(60):
+            return await counter
 
 
 def _stored_messages(mesh: Mesh) -> int:

@@ -55,8 +55,10 @@ def edge_permissions(region: str, edge: str) -> Permissions:
         *EDGE_SERVICES,
         subjects.PRESENCE_REPORTS,
         *_js_api(region, api_calls),
-        # Replies to the server's flow-control requests on that consumer.
+        # Replies to the server's flow-control requests on that consumer, in
+        # both forms that nats-server 2.15 subscribes to.
         f"$JS.FC.{deliver}.>",
+        f"$JS.FC.{region}.*.{deliver}.>",
     ]
     subscribe = [f"{edge_inbox_prefix(edge)}.>", subjects.PRESENCE_CHANGES]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
