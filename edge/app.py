@@ -34,6 +34,7 @@ def create_app(identity: EdgeIdentity) -> Starlette:
             "status": "ok" if runtime.ready else "starting",
             "region": identity.region.name,
             "edge": identity.edge.name,
+            "mesh": identity.topology.name,
             "protocol": PROTOCOL_VERSION,
             "connections": runtime.sessions.count(),
         }

@@ -175,12 +175,17 @@ async def _receive_loop(
     limits = runtime.limits.for_connection()
     rate_limited = 0
     while not conn.overflowed.is_set():
+        # Frames already queued on the socket are read without yielding, so
+        # a burst of bad frames could fill the outbox with errors before the
+        # writer sends any: read only while the outbox has room.
+        await conn.wait_for_room()
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             return
         text = message.get("text")
         try:
-            size = len(text.encode()) if text is not None else len(message["bytes"])
+            raw = text.encode() if text is not None else message.get("bytes") or b""
+            size = len(raw)
             limits.charge_bytes(conn.user, size)
             if text is None:
                 raise MalformedFrame(

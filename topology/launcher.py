@@ -180,7 +180,15 @@ class Mesh:
         async def healthy() -> bool:
             async with httpx.AsyncClient(timeout=1.0) as client:
                 url = f"http://{edge.host}:{edge.port}/healthz"
-                return (await client.get(url)).status_code == 200
+                response = await client.get(url)
+            # Another program may have taken the port picked for this edge
+            # before the edge bound it: only this mesh's edge counts.
+            if response.status_code != 200:
+                return False
+            body = response.json()
+            return bool(
+                body.get("edge") == edge.name and body.get("mesh") == self.topology.name
+            )
 
         argv = self._chatmesh("edge", "--edge", edge.name)
         name = f"edge-{edge.name}"
