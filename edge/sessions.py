@@ -43,7 +43,7 @@ class Connection:
             self._room.set()
 
     async def wait_for_room(self) -> None:
-        """Return once the outbox is at most half full, overflowed, or unwritten."""
+        """Wait until the outbox is half empty or overflowed, or its writer stopped."""
         while (
             self.outbox.qsize() > OUTBOX_LIMIT // 2
             and not self.overflowed.is_set()
