@@ -7,6 +7,8 @@ the core; every password stays in its 0600 file and out of logs and argv.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from nats.js.api import ConsumerConfig, ExternalStream, StreamSource
 
 from core import subjects
 from core.natsconn import connect_nats
+from core.schema import IngestEnvelope, Origin
 from sync.streams import region_deliver_config
 from tests.conftest import Clients, small_topology, start_mesh
 from topology.credentials import (
@@ -320,3 +323,38 @@ async def _hub_deliver_last_seq(mesh: Mesh) -> int:
         return int(info.state.last_seq)
     finally:
         await nc.close()
+
+
+async def test_core_rejects_envelope_naming_another_edge(perm_mesh: Mesh) -> None:
+    """A message whose body claims another edge than its subject is not stored."""
+    mesh = perm_mesh
+    region = mesh.topology.get_region("eu-west")
+    envelope = IngestEnvelope(
+        sender="alice",
+        recipient="bob",
+        client_msg_id="forged-origin",
+        content="claims to come from us-east",
+        accepted_at_ms=int(time.time() * 1000),
+        origin=Origin(region="us-east", edge="us-east-1", connection="c1"),
+    )
+    nc = await connect_nats(
+        [leaf_client_url(mesh.topology, region)], "test-ops", mesh.ops_auth()
+    )
+    try:
+        js = nc.jetstream(domain="eu-west")
+        await js.publish(
+            subjects.ingest_subject("eu-west", "eu-west-1"),
+            envelope.model_dump_json().encode(),
+        )
+    finally:
+        await nc.close()
+
+    core_log = mesh.layout.logs / "core-0.log"
+    deadline = time.monotonic() + 10
+    while "core.origin_mismatch" not in core_log.read_text():
+        assert time.monotonic() < deadline, "the core did not reject the envelope"
+        await asyncio.sleep(0.2)
+    with sqlite3.connect(mesh.layout.data / "chatmesh.db") as db:
+        query = "SELECT count(*) FROM messages WHERE client_msg_id = ?"
+        stored = db.execute(query, ("forged-origin",)).fetchone()[0]
+    assert stored == 0
