@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from pathlib import Path
@@ -17,9 +18,14 @@ from chatmesh.options import run_dir_option, topology_option
 from chatmesh.paths import region_url
 from chatmesh.topology_cli import topology
 from core.logs import configure_logging
-from core.tokens import DEFAULT_TTL_S, load_secret, mint_token
+from core.tokens import DEFAULT_TTL_S, KeyStore, KeyStoreError, mint_token
+from topology.credentials import CORE_INBOX_PREFIX, CORE_USER, client_auth
 from topology.launcher import Mesh, RunLayout
-from topology.model import Topology
+from topology.model import (
+    Topology,
+    TopologyError,
+    parse_topology,
+)
 from topology.processes import ProcessFailed
 
 
@@ -112,17 +118,65 @@ def _print_endpoints(mesh: Mesh, run_dir: Path) -> None:
     help="Validity in seconds.",
 )
 def token(user: str, run_dir: Path, ttl_s: int) -> None:
-    """Print a development token for USER, signed with the mesh's secret."""
-    click.echo(mint_token(_secret(run_dir), user, ttl_s))
+    """Print a development token for USER, signed with the mesh's newest key."""
+    click.echo(_mint(run_dir, user, ttl_s))
 
 
-def _secret(run_dir: Path) -> bytes:
+def _mint(run_dir: Path, user: str, ttl_s: int = DEFAULT_TTL_S) -> str:
+    """Sign a token for `user`, with the mesh's name in run_dir as the audience."""
+    layout = RunLayout(run_dir)
     try:
-        return load_secret(RunLayout(run_dir).token_secret)
-    except ValueError as exc:
+        topology = parse_topology(
+            json.loads(layout.topology.read_text()), source=str(layout.topology)
+        )
+        key = _key_store(layout).signing_key()
+    except (OSError, KeyStoreError, TopologyError) as exc:
         raise click.ClickException(
-            f"{exc}; start the mesh with `chatmesh up` first"
+            f"cannot sign a token: {exc}; start the mesh with `chatmesh up` first"
         ) from exc
+    return mint_token(key, user, topology.name, ttl_s)
+
+
+def _key_store(layout: RunLayout) -> KeyStore:
+    return KeyStore(layout.token_private_keys, layout.token_public_keys)
+
+
+@main.group()
+def keys() -> None:
+    """Manage the keys that sign client tokens."""
+
+
+@keys.command()
+@run_dir_option
+def rotate(run_dir: Path) -> None:
+    """Add a new signing key; tokens signed with the previous key stay valid.
+
+    Edges reload the public keys on the next connection. The rotation after
+    this one retires the previous key, so wait at least one token lifetime
+    (--ttl of `chatmesh token`) between rotations.
+    """
+    store = _key_store(RunLayout(run_dir))
+    key = store.rotate()
+    click.echo(f"new signing key {key.kid}; valid keys: {', '.join(_kids(store))}")
+
+
+@keys.command(name="list")
+@run_dir_option
+def list_keys(run_dir: Path) -> None:
+    """Print the ids of the keys edges accept, the signing key first."""
+    for kid in _kids(_key_store(RunLayout(run_dir))):
+        click.echo(kid)
+
+
+def _kids(store: KeyStore) -> list[str]:
+    try:
+        data = json.loads(store.public_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise click.ClickException(
+            f"cannot read {store.public_file}: {exc}; start the mesh with "
+            "`chatmesh up` first"
+        ) from exc
+    return [str(key.get("kid")) for key in data.get("keys", [])]
 
 
 @main.command()
@@ -137,7 +191,7 @@ def chat(user: str, region: str, run_dir: Path) -> None:
         url = region_url(run_dir, region)
     except (FileNotFoundError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
-    token_text = mint_token(_secret(run_dir), user)
+    token_text = _mint(run_dir, user)
     sys.exit(asyncio.run(run_chat(url, token_text, as_json=not sys.stdout.isatty())))
 
 
@@ -149,7 +203,14 @@ def edge(topology_file: Path | None, run_dir: Path, edge_name: str) -> None:
     """Run one edge process (started by `chatmesh up`)."""
     from edge.server import run_edge
 
-    run_edge(_load(topology_file), edge_name, RunLayout(run_dir).token_secret)
+    layout = RunLayout(run_dir)
+    run_edge(
+        _load(topology_file),
+        edge_name,
+        layout.token_public_keys,
+        layout.nats_secrets,
+        layout.token_private_keys,
+    )
 
 
 @main.command(hidden=True)
@@ -160,7 +221,30 @@ def core(topology_file: Path | None, run_dir: Path, worker: int) -> None:
     """Run one core worker process (started by `chatmesh up`)."""
     from core.main import run_core
 
-    run_core(_load(topology_file), worker, RunLayout(run_dir).data)
+    topology = _load(topology_file)
+    layout = RunLayout(run_dir)
+    auth = client_auth(topology, layout.nats_secrets, CORE_USER, CORE_INBOX_PREFIX)
+    run_core(topology, worker, layout.data, auth)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    default=["127.0.0.1", "localhost"],
+    show_default=True,
+    help="Host name or IP address the server certificate is valid for (repeat).",
+)
+def certs(directory: Path, hosts: tuple[str, ...]) -> None:
+    """Write development TLS certificates to DIRECTORY; print the `tls` section."""
+    import yaml
+
+    from topology.certs import write_dev_certificates
+
+    tls = write_dev_certificates(directory, hosts)
+    click.echo(yaml.safe_dump({"tls": tls.model_dump()}, sort_keys=False), nl=False)
 
 
 @main.command(hidden=True)

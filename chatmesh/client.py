@@ -53,10 +53,14 @@ CLOSE_TIMEOUT_S = 10.0
 class ChatError(Exception):
     """The edge rejected a request; `code` is the machine-readable reason."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(
+        self, code: str, message: str, retry_after_ms: int | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        # Set with `rate_limited`: wait this long before sending again.
+        self.retry_after_ms = retry_after_ms
 
 
 class ChatClient:
@@ -140,8 +144,9 @@ class ChatClient:
             ):
                 self.url = redirect
                 continue
-            code = event.code if isinstance(event, ErrorEvent) else "unexpected_event"
-            raise ChatError(code, getattr(event, "message", str(event)))
+            if isinstance(event, ErrorEvent):
+                raise ChatError(event.code, event.message, event.retry_after_ms)
+            raise ChatError("unexpected_event", str(event))
         raise ChatError("redirect_loop", f"more than {MAX_REDIRECTS} edge redirects")
 
     async def close(self) -> None:
@@ -318,7 +323,7 @@ class ChatClient:
             future.set_result(event)
 
     def _on_error(self, event: ErrorEvent) -> None:
-        error = ChatError(event.code, event.message)
+        error = ChatError(event.code, event.message, event.retry_after_ms)
         if (
             event.ref == "sync"
             and self._sync_done is not None

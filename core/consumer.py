@@ -187,8 +187,28 @@ class IngestConsumer:
         """Return the client messages of one stream message, or None if invalid.
 
         Edges store `IngestBatch`es; a single `IngestEnvelope` is what edges
-        stored before they batched, and may still wait in the stream.
+        stored before they batched, and may still wait in the stream. Each
+        edge may publish only its own ingest subject, so the subject names
+        the edge that accepted the messages, and every envelope must agree.
         """
+        envelopes = self._parse(msg)
+        if envelopes is None:
+            return None
+        for envelope in envelopes:
+            origin = envelope.origin
+            if msg.subject != subjects.ingest_subject(origin.region, origin.edge):
+                log.error(
+                    "core.origin_mismatch",
+                    subject=msg.subject,
+                    region=origin.region,
+                    edge=origin.edge,
+                    sender=envelope.sender,
+                )
+                self._metrics.errors.labels(kind="origin_mismatch").inc()
+                return None
+        return envelopes
+
+    def _parse(self, msg: Msg) -> list[IngestEnvelope] | None:
         try:
             return list(IngestBatch.model_validate_json(msg.data).envelopes)
         except ValidationError as batch_error:

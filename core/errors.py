@@ -80,6 +80,18 @@ class WrongEdge(ClientError):
         self.owner_url = owner_url
 
 
+class RateLimited(ClientError):
+    """A client sent more than a rate limit allows; it may retry after a pause."""
+
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str, *, retry_after_ms: int, ref: str | None = None
+    ) -> None:
+        super().__init__(message, ref=ref)
+        self.retry_after_ms = retry_after_ms
+
+
 class Unavailable(ClientError):
     """A dependency (the regional JetStream, the core) did not answer in time."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+from dataclasses import dataclass, field
 
 import nats
 import structlog
@@ -15,7 +17,23 @@ CONNECT_TIMEOUT_S = 2.0
 DRAIN_TIMEOUT_S = 3.0
 
 
-async def connect_nats(servers: list[str], name: str) -> Client:
+@dataclass(frozen=True)
+class NatsAuth:
+    """A NATS user's login, inbox prefix and TLS context.
+
+    Subscribe permissions allow each process replies on its own inbox prefix
+    only, so the prefix must match the user's permissions.
+    """
+
+    user: str
+    password: str = field(repr=False)
+    inbox_prefix: str = "_INBOX"
+    tls: ssl.SSLContext | None = field(default=None, repr=False)
+
+
+async def connect_nats(
+    servers: list[str], name: str, auth: NatsAuth | None = None
+) -> Client:
     """Open a NATS connection that retries the servers until it is closed."""
 
     async def on_error(exc: Exception) -> None:
@@ -28,6 +46,14 @@ async def connect_nats(servers: list[str], name: str) -> Client:
     async def on_reconnected() -> None:
         log.info("nats.reconnected", client=name, server=_server(nc))
 
+    login: dict[str, object] = {}
+    if auth is not None:
+        login = {
+            "user": auth.user,
+            "password": auth.password,
+            "inbox_prefix": auth.inbox_prefix,
+            "tls": auth.tls,
+        }
     nc = await nats.connect(
         servers=servers,
         name=name,
@@ -38,6 +64,7 @@ async def connect_nats(servers: list[str], name: str) -> Client:
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
+        **login,
     )
     log.info("nats.connected", client=name, server=_server(nc))
     return nc

@@ -293,12 +293,17 @@ class PresenceEvent(_Wire):
 
 
 class ErrorEvent(_Wire):
-    """A rejected frame or request; `ref` is the frame's `id` when it had one."""
+    """A rejected frame or request; `ref` is the frame's `id` when it had one.
+
+    `retry_after_ms` comes with `rate_limited`: how long to wait before the
+    edge accepts the frame.
+    """
 
     type: Literal["error"] = "error"
     code: str
     message: str
     ref: str | None = None
+    retry_after_ms: int | None = None
 
 
 AnyServerEvent = (

@@ -25,7 +25,7 @@ from core.errors import ClientError
 from core.groups import GroupService
 from core.ids import MessageIdGenerator, UserId
 from core.metrics import CoreMetrics
-from core.natsconn import close_nats, connect_nats
+from core.natsconn import NatsAuth, close_nats, connect_nats
 from core.presence import PresenceService
 from core.schema import (
     Delivery,
@@ -74,9 +74,11 @@ class CoreWorker:
         worker_id: int,
         base_dir: Path,
         metrics: CoreMetrics,
+        auth: NatsAuth | None = None,
     ) -> None:
         self._topology = topology
         self._metrics = metrics
+        self._auth = auth
         self._worker_id = worker_id
         self._regions = [r.name for r in topology.regions]
         self._store: MessageStore = open_store(
@@ -112,7 +114,7 @@ class CoreWorker:
         for user in self._topology.dev_users:
             await self._store.register_user(UserId(user))
         self._nc = await connect_nats(
-            hub_client_urls(self._topology), f"core-{self._worker_id}"
+            hub_client_urls(self._topology), f"core-{self._worker_id}", self._auth
         )
         self._js = self._nc.jetstream(domain=subjects.HUB_DOMAIN)
         await self._ensure_streams()

@@ -72,6 +72,7 @@ def create_app(identity: EdgeIdentity) -> Starlette:
             "status": status,
             "region": identity.region.name,
             "edge": identity.edge.name,
+            "mesh": identity.topology.name,
             "protocol": PROTOCOL_VERSION,
             "connections": runtime.sessions.count(),
         }

@@ -171,7 +171,7 @@ class HttpApi:
     async def mint_dev_token(self, request: Request) -> Response:
         ident = self._runtime.identity
         dev_users = ident.topology.dev_users
-        if not dev_users:
+        if not dev_users or ident.dev_signing_key is None:
             raise NotFound(
                 "this edge mints no development tokens: its topology has no dev_users"
             )
@@ -182,7 +182,9 @@ class HttpApi:
             raise ClientError(f"invalid token request: {_describe(exc)}") from exc
         if body.user not in dev_users:
             raise NotFound(f"{body.user!r} is not a development user of this topology")
-        token = mint_token(ident.token_secret, body.user, DEFAULT_TTL_S)
+        token = mint_token(
+            ident.dev_signing_key, body.user, ident.audience, DEFAULT_TTL_S
+        )
         log.info("http.dev_token_minted", user=body.user, edge=ident.edge.name)
         return _json(
             DevTokenReply(user=body.user, token=token, expires_in_s=DEFAULT_TTL_S), 200
@@ -193,7 +195,7 @@ class HttpApi:
         if not self._runtime.ready:
             raise Unavailable("the edge is starting; retry shortly")
         ident = self._runtime.identity
-        user = verify_token(ident.token_secret, _bearer_token(request))
+        user = verify_token(ident.token_keys, ident.audience, _bearer_token(request))
         owner = ident.owner_of(user)
         if owner != ident.edge.name:
             url = _edge_base_url(self._runtime, owner)

@@ -62,5 +62,7 @@ async def handle_presence(
             ref=frame.id,
         )
     if frame.subscribe:
+        # NOTE: the subscription is checked once, here. It lasts until the
+        # connection closes, even if the users stop being peers before that.
         runtime.sessions.watch(conn, [state.user for state in reply.users])
     return PresenceEvent(ref=frame.id, users=reply.users)

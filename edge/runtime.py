@@ -16,11 +16,13 @@ from nats.js.errors import NotFoundError
 
 from core import subjects
 from core.metrics import EdgeMetrics
-from core.natsconn import close_nats, connect_nats
+from core.natsconn import NatsAuth, close_nats, connect_nats
+from core.tokens import PublicKeys, SigningKey
 from edge.affinity import owner_edge
 from edge.core_client import CoreClient
 from edge.deliveries import DeliveryFanout
 from edge.ingest import Ingest
+from edge.limits import EdgeLimits
 from edge.presence import (
     FullReportRequests,
     PresenceFanout,
@@ -54,12 +56,20 @@ HUB_PROBE_S = 1.0
 
 @dataclass(frozen=True)
 class EdgeIdentity:
-    """Who this edge is: its place in the topology and its token secret."""
+    """The edge's place in the topology, its token public keys and NATS login."""
 
     topology: Topology
     region: Region
     edge: Edge
-    token_secret: bytes
+    token_keys: PublicKeys
+    nats_auth: NatsAuth
+    # Set only for a topology with dev_users: signs development tokens.
+    dev_signing_key: SigningKey | None = None
+
+    @property
+    def audience(self) -> str:
+        """Return the audience tokens must name: the mesh's name."""
+        return self.topology.name
 
     def edge_url(self, name: str) -> str:
         """Return the WebSocket URL of an edge of this region."""
@@ -80,6 +90,7 @@ class EdgeRuntime:
         self.sessions = LocalSessions()
         self.metrics = EdgeMetrics()
         self.metrics.connections.set_function(self.sessions.count)
+        self.limits = EdgeLimits(identity.topology.limits)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._core: CoreClient | None = None
@@ -111,7 +122,11 @@ class EdgeRuntime:
         ident = self.identity
         region, edge = ident.region.name, ident.edge.name
         log.info("edge.starting", region=region, edge=edge)
-        self._nc = await connect_nats([leaf_client_url(ident.region)], f"edge-{edge}")
+        self._nc = await connect_nats(
+            [leaf_client_url(ident.topology, ident.region)],
+            f"edge-{edge}",
+            ident.nats_auth,
+        )
         js = self._js = self._nc.jetstream(domain=region)
         await self._ensure_streams(js, region)
         self._core = CoreClient(self._nc)

@@ -36,6 +36,10 @@ class Connection:
         self.send_slots = asyncio.Semaphore(SENDS_IN_FLIGHT)
         self.sends: set[asyncio.Task[None]] = set()
         self.close_transport: CloseTransport | None = None
+        # Set whenever the outbox is at most half full or the writer stopped.
+        self._room = asyncio.Event()
+        self._room.set()
+        self._writer_stopped = False
 
     def push(self, text: str) -> None:
         try:
@@ -44,6 +48,17 @@ class Connection:
             if not self.overflowed.is_set():
                 log.warning("connection.overflow", connection=self.id, user=self.user)
             self.overflowed.set()
+            self._room.set()
+
+    async def wait_for_room(self) -> None:
+        """Wait until the outbox is half empty or overflowed, or its writer stopped."""
+        while (
+            self.outbox.qsize() > OUTBOX_LIMIT // 2
+            and not self.overflowed.is_set()
+            and not self._writer_stopped
+        ):
+            self._room.clear()
+            await self._room.wait()
 
     def close_outbox(self) -> None:
         """Wake the writer so it exits after what is queued."""
@@ -53,8 +68,14 @@ class Connection:
             self.overflowed.set()
 
     async def run_writer(self, send: SendText) -> None:
-        while (text := await self.outbox.get()) is not None:
-            await send(text)
+        try:
+            while (text := await self.outbox.get()) is not None:
+                await send(text)
+                if self.outbox.qsize() <= OUTBOX_LIMIT // 2:
+                    self._room.set()
+        finally:
+            self._writer_stopped = True
+            self._room.set()
 
 
 class LocalSessions:

@@ -10,7 +10,13 @@ from collections.abc import Awaitable
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from core.errors import ClientError, InvalidToken, MalformedFrame, Unavailable
+from core.errors import (
+    ClientError,
+    InvalidToken,
+    MalformedFrame,
+    RateLimited,
+    Unavailable,
+)
 from core.schema import (
     AcceptedEvent,
     AuthFrame,
@@ -30,6 +36,7 @@ from core.schema import (
 )
 from core.tokens import verify_token
 from edge.frames import decode_frame
+from edge.limits import ConnectionLimits
 from edge.requests import handle_group, handle_groups, handle_presence
 from edge.runtime import EdgeRuntime
 from edge.session_open import announce_session
@@ -43,6 +50,10 @@ CLOSE_INVALID_TOKEN = 4001
 CLOSE_WRONG_EDGE = 4009
 CLOSE_OVERFLOW = 4008
 CLOSE_NOT_READY = 1013
+CLOSE_RATE_LIMITED = 4029
+# Rate-limit rejections of one connection are logged the first time and then
+# once per this many, so a flooding client cannot flood the log too.
+LOG_RATE_LIMITED_EVERY = 100
 
 
 async def serve_websocket(runtime: EdgeRuntime, ws: WebSocket) -> None:
@@ -56,6 +67,13 @@ async def serve_websocket(runtime: EdgeRuntime, ws: WebSocket) -> None:
             CLOSE_NOT_READY, "this edge cannot reach its leaf node; use another region"
         )
         return
+    ip = ws.client.host if ws.client is not None else "unknown"
+    try:
+        runtime.limits.check_ip(ip)
+    except RateLimited as exc:
+        log.info("ws.connect_rate_limited", ip=ip, retry_after_ms=exc.retry_after_ms)
+        await _reject_connection(ws, exc)
+        return
     user = await _authenticate(runtime, ws)
     if user is None:
         return
@@ -67,7 +85,24 @@ async def serve_websocket(runtime: EdgeRuntime, ws: WebSocket) -> None:
         )
         await ws.close(CLOSE_WRONG_EDGE, url)
         return
+    try:
+        runtime.limits.check_user_connect(user)
+    except RateLimited as exc:
+        log.info(
+            "ws.connect_rate_limited", user=user, retry_after_ms=exc.retry_after_ms
+        )
+        await _reject_connection(ws, exc)
+        return
     await _serve(runtime, ws, user)
+
+
+async def _reject_connection(ws: WebSocket, exc: RateLimited) -> None:
+    with contextlib.suppress(Exception):
+        event = ErrorEvent(
+            code=exc.code, message=exc.message, retry_after_ms=exc.retry_after_ms
+        )
+        await ws.send_text(event.model_dump_json())
+        await ws.close(CLOSE_RATE_LIMITED, exc.code)
 
 
 async def _authenticate(runtime: EdgeRuntime, ws: WebSocket) -> str | None:
@@ -76,7 +111,8 @@ async def _authenticate(runtime: EdgeRuntime, ws: WebSocket) -> str | None:
         frame = decode_frame(text)
         if not isinstance(frame, AuthFrame):
             raise InvalidToken('the first frame must be {"type": "auth", "token": ...}')
-        return verify_token(runtime.identity.token_secret, frame.token)
+        ident = runtime.identity
+        return verify_token(ident.token_keys, ident.audience, frame.token)
     except (ClientError, TimeoutError, KeyError) as exc:
         code, message = _auth_failure(exc)
         log.info("ws.auth_rejected", code=code, reason=message)
@@ -132,34 +168,58 @@ async def _receive_loop(
     conn: Connection,
     bound: structlog.typing.FilteringBoundLogger,
 ) -> None:
+    limits = runtime.limits.for_connection()
+    rate_limited = 0
     while not conn.overflowed.is_set():
+        # Frames already queued on the socket are read without yielding, so
+        # a burst of bad frames could fill the outbox with errors before the
+        # writer sends any: read only while the outbox has room.
+        await conn.wait_for_room()
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
             return
         text = message.get("text")
         try:
+            raw = text.encode() if text is not None else message.get("bytes") or b""
+            size = len(raw)
+            limits.charge_bytes(conn.user, size)
             if text is None:
                 raise MalformedFrame(
                     "binary frames are not supported; send JSON text frames"
                 )
-            await _handle_frame(runtime, conn, text)
+            await _handle_frame(runtime, conn, limits, text)
+        except RateLimited as exc:
+            rate_limited += 1
+            if rate_limited % LOG_RATE_LIMITED_EVERY == 1:
+                bound.info("ws.rate_limited", reason=exc.message, count=rate_limited)
+            _push_error(conn, exc)
+            # Read nothing more until the tokens are back: a flooding client
+            # then waits in its own TCP buffers instead of the edge's loop.
+            await asyncio.sleep(exc.retry_after_ms / 1000)
         except ClientError as exc:
             bound.info(
                 "ws.frame_rejected", code=exc.code, reason=exc.message, ref=exc.ref
             )
             runtime.metrics.errors.labels(kind=exc.code).inc()
-            conn.push(
-                ErrorEvent(
-                    code=exc.code, message=exc.message, ref=exc.ref
-                ).model_dump_json()
-            )
+            _push_error(conn, exc)
     runtime.metrics.errors.labels(kind="outbox_overflow").inc()
     await ws.close(CLOSE_OVERFLOW, "client too slow; reconnect and sync")
 
 
-async def _handle_frame(runtime: EdgeRuntime, conn: Connection, text: str) -> None:
+def _push_error(conn: Connection, exc: ClientError) -> None:
+    retry_after_ms = exc.retry_after_ms if isinstance(exc, RateLimited) else None
+    event = ErrorEvent(
+        code=exc.code, message=exc.message, ref=exc.ref, retry_after_ms=retry_after_ms
+    )
+    conn.push(event.model_dump_json())
+
+
+async def _handle_frame(
+    runtime: EdgeRuntime, conn: Connection, limits: ConnectionLimits, text: str
+) -> None:
     started = time.perf_counter()
     frame = decode_frame(text)
+    limits.charge_frame(conn.user, frame)
     if isinstance(frame, SendFrame):
         await _start_send(runtime, conn, frame, started)
     elif isinstance(frame, SyncFrame):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from chatmesh.client import ChatClient
-from core.tokens import load_secret, mint_token
+from core.tokens import KeyStore, mint_token
 from topology.launcher import Mesh
 from topology.model import Topology, parse_topology
 
@@ -100,7 +100,8 @@ def fresh_mesh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mesh]
 def token_for(
     mesh: Mesh, user: str, ttl_s: int = 3600, now: float | None = None
 ) -> str:
-    return mint_token(load_secret(mesh.layout.token_secret), user, ttl_s, now=now)
+    keys = KeyStore(mesh.layout.token_private_keys, mesh.layout.token_public_keys)
+    return mint_token(keys.signing_key(), user, mesh.topology.name, ttl_s, now=now)
 
 
 def region_edge_url(mesh: Mesh, region: str) -> str:

@@ -96,16 +96,55 @@ def _assert_no_process_uses(run_dir: Path) -> None:
 
 
 def test_token_command_prints_verifiable_token(tmp_path: Path) -> None:
-    from core.tokens import ensure_secret, verify_token
+    from core.tokens import KeyStore, PublicKeys, verify_token
+    from topology.launcher import RunLayout
 
-    secret = ensure_secret(tmp_path / "secrets" / "token.key")
+    layout = RunLayout(tmp_path)
+    layout.topology.write_text(small_topology("token-mesh").model_dump_json())
+    KeyStore(layout.token_private_keys, layout.token_public_keys).ensure()
     result = subprocess.run(
         [*CHATMESH, "token", "alice", "--run-dir", str(tmp_path)],
         capture_output=True,
         timeout=30,
     )
-    assert result.returncode == 0
-    assert verify_token(secret, result.stdout.decode().strip()) == "alice"
+    assert result.returncode == 0, result.stderr.decode()
+    keys = PublicKeys(layout.token_public_keys)
+    token = result.stdout.decode().strip()
+    assert verify_token(keys, "token-mesh", token) == "alice"
+
+
+def test_keys_rotate_keeps_previous_key(tmp_path: Path) -> None:
+    from core.tokens import KeyStore, PublicKeys, mint_token, verify_token
+    from topology.launcher import RunLayout
+
+    layout = RunLayout(tmp_path)
+    store = KeyStore(layout.token_private_keys, layout.token_public_keys)
+    first = store.ensure()
+    old_token = mint_token(first, "alice", "mesh")
+    keys = PublicKeys(layout.token_public_keys)
+
+    result = subprocess.run(
+        [*CHATMESH, "keys", "rotate", "--run-dir", str(tmp_path)],
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    listed = subprocess.run(
+        [*CHATMESH, "keys", "list", "--run-dir", str(tmp_path)],
+        capture_output=True,
+        timeout=30,
+    )
+
+    newest = store.signing_key()
+    assert newest.kid != first.kid
+    assert listed.stdout.decode().split() == [newest.kid, first.kid]
+    assert verify_token(keys, "mesh", old_token) == "alice"
+    assert verify_token(keys, "mesh", mint_token(newest, "bob", "mesh")) == "bob"
+    private_files = sorted(p.name for p in layout.token_private_keys.iterdir())
+    assert private_files == [f"{newest.kid}.pem"]
+    assert (layout.token_private_keys / f"{newest.kid}.pem").stat().st_mode & 0o777 == (
+        0o600
+    )
 
 
 def test_chat_without_mesh_explains(tmp_path: Path) -> None:

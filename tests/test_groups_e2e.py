@@ -7,11 +7,11 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import nats
 import pytest
 
 from chatmesh.client import ChatClient, ChatError
 from core import subjects
+from core.natsconn import connect_nats
 from core.schema import CommittedEvent, ErrorEvent
 from tests.conftest import Clients, small_topology, start_mesh
 from topology.launcher import Mesh
@@ -130,20 +130,21 @@ async def test_group_delivery_crosses_to_region_once(
     await asyncio.sleep(0.5)  # let the membership events drain
 
     region = group_mesh.topology.get_region("eu-west")
-    before = await _stream_messages(region)
+    before = await _stream_messages(group_mesh, region)
     accepted = await alice.send_to_group(group, "one copy")
     await alice.wait_for(
         lambda e: isinstance(e, CommittedEvent) and e.id == accepted.id
     )
     for client in locals_:
         await wait_text(client, "one copy")
-    after = await _stream_messages(region)
+    after = await _stream_messages(group_mesh, region)
 
     assert after - before == 1
 
 
-async def _stream_messages(region) -> int:  # type: ignore[no-untyped-def]
-    nc = await nats.connect(leaf_client_url(region))
+async def _stream_messages(mesh: Mesh, region) -> int:  # type: ignore[no-untyped-def]
+    url = leaf_client_url(mesh.topology, region)
+    nc = await connect_nats([url], "test-ops", mesh.ops_auth())
     try:
         js = nc.jetstream(domain=region.name)
         info = await js.stream_info(subjects.region_deliver_stream(region.name))
@@ -226,7 +227,12 @@ async def test_membership_changes_ordered_with_messages(clients: Clients) -> Non
     await alice.send_to_group(group, "before")
     await wait_text(bob, "before")
     removed = await alice.group("remove", group, user="bob")
-    await alice.send_to_group(group, "after removal")
+    after_removal = await alice.send_to_group(group, "after removal")
+    # A post is ordered when it commits, not when the region accepts it, so
+    # the test waits for the commit before the next membership change.
+    await alice.wait_for(
+        lambda e: isinstance(e, CommittedEvent) and e.id == after_removal.id
+    )
     added = await alice.group("add", group, user="carol")
     last = await alice.send_to_group(group, "after carol joined")
     await alice.wait_for(lambda e: isinstance(e, CommittedEvent) and e.id == last.id)

@@ -6,11 +6,11 @@ import asyncio
 import json
 import time
 
-import nats
 import pytest
 
 from chatmesh.client import ChatError
 from core import subjects
+from core.natsconn import connect_nats
 from core.schema import PresenceEvent
 from tests.conftest import Clients
 from topology.render import hub_client_urls
@@ -120,7 +120,8 @@ async def test_hub_gets_one_report_per_edge_per_interval(clients: Clients) -> No
         for user in ("alice", "bob", "carol", "dave")
         for region in ("eu-west", "us-east")
     ]
-    nc = await nats.connect(hub_client_urls(clients.mesh.topology))
+    mesh = clients.mesh
+    nc = await connect_nats(hub_client_urls(mesh.topology), "test-ops", mesh.ops_auth())
     reports: list[dict] = []  # type: ignore[type-arg]
 
     async def on_report(msg) -> None:  # type: ignore[no-untyped-def]

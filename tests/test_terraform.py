@@ -42,6 +42,7 @@ from topology.terraform import (
     deployed_topology,
     format_tfvars,
     parse_deploy,
+    placeholder_passwords,
     plan_addresses,
     render_nats_configs,
     render_tfvars,
@@ -470,16 +471,19 @@ def test_nats_configs_come_from_renderer(example: str) -> None:
 
     for node in deployed.hub.nodes:
         rendered = json.loads(tfvars["hub"]["nodes"][node.name]["nats_config"])
-        assert rendered == hub_node_config(deployed, node, NATS_DATA_DIR)
+        passwords = placeholder_passwords(deployed)
+        assert rendered == hub_node_config(deployed, node, NATS_DATA_DIR, passwords)
         assert rendered["jetstream"]["domain"] == "hub"
-    hub_leaf_urls = [
-        f"nats-leaf://{n['private_ip']}:{n['leaf_port']}"
-        for n in tfvars["hub"]["nodes"].values()
-    ]
     for region in deployed.regions:
+        secret = "CHATMESH_NATS_PASSWORD_LEAF_" + region.name.replace("-", "_").upper()
+        hub_leaf_urls = [
+            f"nats-leaf://leaf-{region.name}:{secret}@{n['private_ip']}:{n['leaf_port']}"
+            for n in tfvars["hub"]["nodes"].values()
+        ]
         leaf = tfvars["regions"][region.name]["leaf"]
         rendered = json.loads(leaf["nats_config"])
-        assert rendered == leaf_config(deployed, region, NATS_DATA_DIR)
+        passwords = placeholder_passwords(deployed)
+        assert rendered == leaf_config(deployed, region, NATS_DATA_DIR, passwords)
         assert rendered["jetstream"]["sync_interval"] == "always"
         assert rendered["jetstream"]["domain"] == region.name
         assert rendered["listen"] == f"{leaf['private_ip']}:{leaf['client_port']}"
@@ -492,7 +496,8 @@ def test_hub_routes_name_other_nodes() -> None:
     for name, node in nodes.items():
         cluster = json.loads(node["nats_config"])["cluster"]
         expected = [
-            f"nats-route://{peer['private_ip']}:{peer['cluster_port']}"
+            "nats-route://route:CHATMESH_NATS_PASSWORD_ROUTE@"
+            f"{peer['private_ip']}:{peer['cluster_port']}"
             for peer_name, peer in nodes.items()
             if peer_name != name
         ]
@@ -585,7 +590,13 @@ def test_third_region_keeps_existing_addresses() -> None:
         assert after["regions"][name]["network"] == before["regions"][name]["network"]
         assert after["regions"][name]["edges"] == before["regions"][name]["edges"]
         assert after["regions"][name]["leaf"] == before["regions"][name]["leaf"]
-    assert after["hub"] == before["hub"]
+    # The hub's config gains the new region's leaf user; its addresses stay.
+    for name, node in after["hub"]["nodes"].items():
+        old = before["hub"]["nodes"][name]
+        assert {k: v for k, v in node.items() if k != "nats_config"} == {
+            k: v for k, v in old.items() if k != "nats_config"
+        }
+    assert "leaf-ap-south" in after["hub"]["nodes"]["hub-1"]["nats_config"]
     root = load_module(TERRAFORM_DIR)
     assert set(after) <= set(root.variables)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from topology.credentials import mesh_users
 from topology.launcher import nats_server_binary, resolve_ports
 from topology.model import (
     TopologyError,
@@ -16,6 +17,10 @@ from topology.model import (
     parse_topology,
 )
 from topology.render import hub_node_config, leaf_config, write_config
+
+
+def passwords_for(topology) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {user: f"password-of-{user}" for user in mesh_users(topology)}
 
 
 def base() -> dict:  # type: ignore[type-arg]
@@ -116,14 +121,28 @@ def test_resolve_ports_fills_zeros() -> None:
 
 def test_rendered_configs(tmp_path: Path) -> None:
     topology = resolve_ports(load_topology(default_topology_path()))
-    hub = hub_node_config(topology, topology.hub.nodes[0], tmp_path)
-    leaf = leaf_config(topology, topology.regions[0], tmp_path)
+    passwords = passwords_for(topology)
+    hub = hub_node_config(topology, topology.hub.nodes[0], tmp_path, passwords)
+    leaf = leaf_config(topology, topology.regions[0], tmp_path, passwords)
 
     assert hub["jetstream"]["domain"] == "hub"
     assert "cluster" not in hub
     assert leaf["jetstream"]["domain"] == "eu-west"
     assert leaf["jetstream"]["sync_interval"] == "always"
-    assert leaf["leafnodes"]["remotes"][0]["urls"] == ["nats-leaf://127.0.0.1:7422"]
+    remote = leaf["leafnodes"]["remotes"][0]
+    assert remote["urls"] == [
+        "nats-leaf://leaf-eu-west:password-of-leaf-eu-west@127.0.0.1:7422"
+    ]
+    assert remote["account"] == "APP"
+    assert hub["system_account"] == "SYS"
+    assert hub["accounts"]["APP"]["jetstream"] == "enabled"
+    assert "jetstream" not in hub["accounts"]["SYS"]
+    hub_users = {u["user"]: u for u in hub["accounts"]["APP"]["users"]}
+    assert set(hub_users) == {"core", "ops", "leaf-eu-west", "leaf-us-east"}
+    assert hub_users["core"]["password"].startswith("$2")
+    leaf_users = {u["user"] for u in leaf["accounts"]["APP"]["users"]}
+    assert leaf_users == {"ops", "edge-eu-west-1"}
+    assert "password-of" not in json.dumps(hub)
 
 
 def test_three_node_hub_has_routes(tmp_path: Path) -> None:
@@ -133,22 +152,28 @@ def test_three_node_hub_has_routes(tmp_path: Path) -> None:
         "stream_replicas": 3,
     }
     topology = resolve_ports(parse_topology(raw))
-    config = hub_node_config(topology, topology.hub.nodes[0], tmp_path)
+    config = hub_node_config(
+        topology, topology.hub.nodes[0], tmp_path, passwords_for(topology)
+    )
     assert len(config["cluster"]["routes"]) == 2
+    assert config["cluster"]["authorization"]["user"] == "route"
 
 
 def test_rendered_configs_pass_nats_server_check(tmp_path: Path) -> None:
     topology = resolve_ports(load_topology(default_topology_path()))
+    passwords = passwords_for(topology)
     paths = [
         write_config(
-            hub_node_config(topology, topology.hub.nodes[0], tmp_path),
+            hub_node_config(topology, topology.hub.nodes[0], tmp_path, passwords),
             tmp_path / "hub.conf",
         ),
         write_config(
-            leaf_config(topology, topology.regions[1], tmp_path), tmp_path / "leaf.conf"
+            leaf_config(topology, topology.regions[1], tmp_path, passwords),
+            tmp_path / "leaf.conf",
         ),
     ]
     for path in paths:
+        assert path.stat().st_mode & 0o777 == 0o600
         json.loads(path.read_text())
         result = subprocess.run(
             [nats_server_binary(), "-t", "-c", str(path)],
@@ -185,19 +210,27 @@ def test_leaf_behind_proxy_ignores_discovered_hub(tmp_path: Path) -> None:
     topology = resolve_ports(load_topology(three_hub_path()))
     region = topology.regions[0]
 
-    remote = leaf_config(topology, region, tmp_path)["leafnodes"]["remotes"][0]
+    passwords = passwords_for(topology)
+    config = leaf_config(topology, region, tmp_path, passwords)
+    remote = config["leafnodes"]["remotes"][0]
 
+    login = f"leaf-{region.name}:{passwords[f'leaf-{region.name}']}@"
     assert remote["urls"] == [
-        f"nats-leaf://127.0.0.1:{port}" for port in region.leaf.hub_link_ports
+        f"nats-leaf://{login}127.0.0.1:{port}" for port in region.leaf.hub_link_ports
     ]
     assert remote["ignore_discovered_servers"] is True
 
 
 def test_three_hub_configs_pass_nats_server_check(tmp_path: Path) -> None:
     topology = resolve_ports(load_topology(three_hub_path()))
+    passwords = passwords_for(topology)
     configs = [
-        hub_node_config(topology, node, tmp_path) for node in topology.hub.nodes
-    ] + [leaf_config(topology, region, tmp_path) for region in topology.regions]
+        hub_node_config(topology, node, tmp_path, passwords)
+        for node in topology.hub.nodes
+    ] + [
+        leaf_config(topology, region, tmp_path, passwords)
+        for region in topology.regions
+    ]
     for index, config in enumerate(configs):
         path = write_config(config, tmp_path / f"{index}.conf")
         result = subprocess.run(

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from core.catchup import fetch_sync_page
-from core.errors import InvalidToken
 from core.ids import (
     ID_EPOCH_MS,
     MessageIdGenerator,
@@ -18,7 +17,6 @@ from core.ids import (
 )
 from core.schema import StoredMessage, SyncRequest
 from core.store.sqlite import SqliteStore
-from core.tokens import ensure_secret, load_secret, mint_token, verify_token
 from edge.affinity import owner_edge
 
 
@@ -67,24 +65,6 @@ def test_affinity_is_stable_and_moves_only_removed_edge_users() -> None:
     after = {u: owner_edge(u, ["e1", "e3"]) for u in users}
     moved = [u for u in users if owners[u] != after[u]]
     assert all(owners[u] == "e2" for u in moved)
-
-
-def test_tokens_round_trip_and_reject(tmp_path: Path) -> None:
-    secret = ensure_secret(tmp_path / "key")
-    assert (tmp_path / "key").stat().st_mode & 0o777 == 0o600
-    assert verify_token(secret, mint_token(secret, "alice")) == "alice"
-    with pytest.raises(InvalidToken, match="expired"):
-        verify_token(secret, mint_token(secret, "alice", ttl_s=1, now=0))
-    with pytest.raises(InvalidToken, match="invalid"):
-        verify_token(b"x" * 32, mint_token(secret, "alice"))
-    with pytest.raises(InvalidToken, match="not a valid user name"):
-        verify_token(secret, mint_token(secret, "Alice Smith"))
-
-
-def test_short_secret_rejected(tmp_path: Path) -> None:
-    (tmp_path / "key").write_text("short")
-    with pytest.raises(ValueError, match="has 5 bytes"):
-        load_secret(tmp_path / "key")
 
 
 async def test_sync_pages_in_order_and_only_own_conversations(tmp_path: Path) -> None:

@@ -23,9 +23,16 @@ import httpx
 import structlog
 
 from core import subjects
-from core.natsconn import connect_nats
-from core.tokens import ensure_secret
+from core.natsconn import NatsAuth, connect_nats
+from core.tokens import KeyStore, mint_token
 from topology.cql_server import CqlNode, CqlNodeSpec, start_cluster
+from topology.credentials import (
+    OPS_USER,
+    client_auth,
+    ensure_passwords,
+    mesh_users,
+    read_password,
+)
 from topology.model import Edge, Region, Topology
 from topology.processes import ManagedProcess, ProcessFailed, process_start_ticks
 from topology.render import (
@@ -95,6 +102,17 @@ def local_cql_addresses(count: int) -> list[str]:
     return [f"127.0.0.{i + 1}" for i in range(count)]
 
 
+def resolve_tls_paths(topology: Topology) -> Topology:
+    """Return a copy of `topology` whose certificate paths are absolute."""
+    if topology.tls is None:
+        return topology
+    tls = topology.tls.model_dump()
+    for key, value in tls.items():
+        if key.endswith("_file"):
+            tls[key] = str(Path(value).resolve())
+    return topology.model_copy(update={"tls": type(topology.tls).model_validate(tls)})
+
+
 def _fill(item: dict[str, Any], keys: list[str]) -> None:
     for key in keys:
         if item[key] == 0:
@@ -108,7 +126,11 @@ class RunLayout:
         self.root = run_dir
         self.topology = run_dir / "topology.json"
         self.endpoints = run_dir / "mesh.json"
-        self.token_secret = run_dir / "secrets" / "token.key"
+        self.secrets = run_dir / "secrets"
+        self.nats_secrets = self.secrets / "nats"
+        self.token_private_keys = self.secrets / "token-keys"
+        # Public: edges read it, and it may be copied to any host that verifies.
+        self.token_public_keys = run_dir / "token-keys.json"
         self.data = run_dir / "data"
         self.logs = run_dir / "logs"
         self.nats = run_dir / "nats"
@@ -134,6 +156,12 @@ def hold_until(layout: RunLayout, name: str) -> float:
         return 0.0
 
 
+def dev_token_signer(layout: RunLayout, audience: str) -> Callable[[str], str]:
+    """Return a function that signs a token for a user with the run's dev key."""
+    key = KeyStore(layout.token_private_keys, layout.token_public_keys).signing_key()
+    return lambda user: mint_token(key, user, audience)
+
+
 class Mesh:
     """A running mesh: its processes by name and its endpoints."""
 
@@ -148,9 +176,14 @@ class Mesh:
         A region named in `leaf_hub_urls` connects its leaf to those URLs
         instead of the hub's leaf port, for a proxy between leaf and hub.
         """
-        self.topology = resolve_ports(topology)
+        self.topology = resolve_tls_paths(resolve_ports(topology))
         self._leaf_hub_urls = dict(leaf_hub_urls or {})
         self.layout = RunLayout(run_dir.resolve())
+        ensure_passwords(self.layout.nats_secrets, mesh_users(self.topology))
+        self.passwords = {
+            user: read_password(self.layout.nats_secrets, user)
+            for user in mesh_users(self.topology)
+        }
         self.processes: dict[str, ManagedProcess] = {}
         self.roles: dict[str, ProcessRole] = {}
         self.cql_nodes: dict[str, CqlNode] = {}
@@ -163,7 +196,7 @@ class Mesh:
         topo, layout = self.topology, self.layout
         for node in topo.hub.nodes:
             conf = write_config(
-                hub_node_config(topo, node, layout.data),
+                hub_node_config(topo, node, layout.data, self.passwords),
                 layout.nats / f"{node.name}.conf",
             )
             # A clustered hub node is healthy only once its JetStream is current
@@ -176,7 +209,11 @@ class Mesh:
         for region in topo.regions:
             conf = write_config(
                 leaf_config(
-                    topo, region, layout.data, self._leaf_hub_urls.get(region.name)
+                    topo,
+                    region,
+                    layout.data,
+                    self.passwords,
+                    self._leaf_hub_urls.get(region.name),
                 ),
                 layout.nats / f"leaf-{region.name}.conf",
             )
@@ -245,7 +282,7 @@ class Mesh:
         urls = hub_client_urls(self.topology)
 
         async def healthy() -> bool:
-            nc = await connect_nats(urls, "launcher-probe")
+            nc = await connect_nats(urls, "launcher-probe", self.ops_auth())
             try:
                 reply = await nc.request(subjects.SERVICE_HEALTH, b"", timeout=1.0)
                 return bool(json.loads(reply.data).get("status") == "ok")
@@ -256,8 +293,20 @@ class Mesh:
         self._add(f"core-{worker}", argv, healthy, ProcessRole("core"))
 
     def _add_edge(self, region: Region, edge: Edge) -> None:
+        async def healthy() -> bool:
+            async with httpx.AsyncClient(timeout=1.0) as client:
+                url = f"http://{edge.host}:{edge.port}/healthz"
+                response = await client.get(url)
+            # Another program may have taken the port picked for this edge
+            # before the edge bound it: only this mesh's edge counts.
+            if response.status_code != 200:
+                return False
+            body = response.json()
+            return bool(
+                body.get("edge") == edge.name and body.get("mesh") == self.topology.name
+            )
+
         argv = self._chatmesh("edge", "--edge", edge.name)
-        healthy = _http_ok(f"http://{edge.host}:{edge.port}/healthz")
         self._add(f"edge-{edge.name}", argv, healthy, ProcessRole("edge", region.name))
 
     def _chatmesh(self, *args: str) -> list[str]:
@@ -282,7 +331,7 @@ class Mesh:
         """
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self.layout.topology.write_text(self.topology.model_dump_json(indent=2))
-        ensure_secret(self.layout.token_secret)
+        KeyStore(self.layout.token_private_keys, self.layout.token_public_keys).ensure()
         shutil.rmtree(self.layout.holds, ignore_errors=True)
         log.info(
             "mesh.starting", topology=self.topology.name, run_dir=str(self.layout.root)
@@ -311,6 +360,10 @@ class Mesh:
         for node in reversed(list(self.cql_nodes.values())):
             node.stop()
         log.info("mesh.stopped")
+
+    def ops_auth(self) -> NatsAuth:
+        """Return the operators' login to any server of the mesh."""
+        return client_auth(self.topology, self.layout.nats_secrets, OPS_USER)
 
     async def restart(self, name: str) -> None:
         proc = self.processes[name]
@@ -399,7 +452,7 @@ class Mesh:
             ),
             "regions": {
                 region.name: {
-                    "leaf": leaf_client_url(region),
+                    "leaf": leaf_client_url(topo, region),
                     "edges": {
                         edge.name: f"ws://{edge.host}:{edge.port}/v1/ws"
                         for edge in region.edges

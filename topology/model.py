@@ -131,12 +131,55 @@ class Store(_Frozen):
     scylla: ScyllaStore = ScyllaStore()
 
 
+class Rate(_Frozen):
+    """A token bucket: `per_s` tokens come back each second, up to `burst`."""
+
+    per_s: float = Field(gt=0)
+    burst: float = Field(ge=1)
+
+
 class Limits(_Frozen):
-    """Per-message and per-group limits enforced at the edge and the core."""
+    """Per-message, per-group and rate limits enforced at the edge and the core.
+
+    Rates per user count every connection of the user on one edge. Affinity
+    puts all of a user's connections in a region on one edge, so a user may
+    use the rate once in each region. Byte rates count the UTF-8 size of
+    every frame a client sends, whatever its type.
+    """
 
     max_content_bytes: int = Field(default=4096, ge=1, le=65536)
     # A group holds fewer members than this: the join that would reach it fails.
     group_size_limit: int = Field(default=200, ge=2, le=10_000)
+    messages_per_connection: Rate = Rate(per_s=10, burst=20)
+    messages_per_user: Rate = Rate(per_s=20, burst=40)
+    bytes_per_connection: Rate = Rate(per_s=64 * 1024, burst=256 * 1024)
+    bytes_per_user: Rate = Rate(per_s=128 * 1024, burst=512 * 1024)
+    presence_per_connection: Rate = Rate(per_s=2, burst=10)
+    presence_per_user: Rate = Rate(per_s=4, burst=20)
+    connections_per_user: Rate = Rate(per_s=1, burst=20)
+    connections_per_ip: Rate = Rate(per_s=10, burst=100)
+
+
+class Tls(_Frozen):
+    """Certificates for the NATS listeners, leaf links and routes, as PEM files.
+
+    `cert_file` must name every server host (hub nodes and leaf nodes) in its
+    subject alternative names, because every nats-server presents it.
+    `client_cert_file` is what leaf nodes present to the hub and hub nodes to
+    each other, so leaf links and routes are mutual TLS. With
+    `verify_clients`, the client listeners require a client certificate too,
+    and the edges and core workers present `client_cert_file`. Relative
+    paths are resolved from the directory `chatmesh up` runs in.
+    """
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    client_cert_file: str
+    client_key_file: str
+    verify_clients: bool = False
+    # How long a TLS handshake may take, in seconds (nats-server's `timeout`).
+    handshake_timeout_s: float = Field(default=2.0, gt=0, le=60)
 
 
 class Ingest(_Frozen):
@@ -185,6 +228,7 @@ class Topology(_Frozen):
     ingest: Ingest = Ingest()
     presence: Presence = Presence()
     links: Links = Links()
+    tls: Tls | None = None
     dev_users: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -26,8 +26,9 @@ from typing import Annotated, Any, Final
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import ChatmeshError
+from topology.credentials import mesh_users
 from topology.model import Region, Topology
-from topology.render import hub_node_config, leaf_config
+from topology.render import PASSWORD_PLACEHOLDER_PREFIX, hub_node_config, leaf_config
 
 # chatmesh region names with a well-known AWS region. Other names need
 # `deploy["regions"][name]["aws_region"]`.
@@ -298,12 +299,30 @@ def render_nats_configs(
     plan = plan_addresses(topology, parse_deploy(deploy))
     deployed = deployed_topology(topology, plan)
     configs = {
-        node.name: hub_node_config(deployed, node, NATS_DATA_DIR)
+        node.name: hub_node_config(
+            deployed, node, NATS_DATA_DIR, placeholder_passwords(deployed)
+        )
         for node in deployed.hub.nodes
     }
     for region in deployed.regions:
-        configs[f"leaf-{region.name}"] = leaf_config(deployed, region, NATS_DATA_DIR)
+        configs[f"leaf-{region.name}"] = leaf_config(
+            deployed, region, NATS_DATA_DIR, placeholder_passwords(deployed)
+        )
     return configs
+
+
+def placeholder_passwords(topology: Topology) -> dict[str, str]:
+    """Return a `CHATMESH_NATS_PASSWORD_<USER>` placeholder for every NATS user.
+
+    Rendered configs must never carry a production password, so the configs
+    in tfvars name each one by placeholder.
+    """
+    # TODO: have the boot module replace these placeholders from the secret
+    # store (SSM parameters) before nats-server starts; it does not yet.
+    return {
+        user: PASSWORD_PLACEHOLDER_PREFIX + user.replace("-", "_").upper()
+        for user in mesh_users(topology)
+    }
 
 
 def write_tfvars(tfvars: Mapping[str, Any], path: Path) -> Path:
@@ -544,7 +563,9 @@ def _hub_vars(
                 "leaf_port": node.leaf_port,
                 "monitor_port": node.monitor_port,
                 "nats_config": _config_text(
-                    hub_node_config(deployed, node, NATS_DATA_DIR)
+                    hub_node_config(
+                        deployed, node, NATS_DATA_DIR, placeholder_passwords(deployed)
+                    )
                 ),
             }
             for node in deployed.hub.nodes
@@ -568,7 +589,11 @@ def _region_vars(
         **_placement_vars(plan.leaves[region.name]),
         "client_port": region.leaf.client_port,
         "monitor_port": region.leaf.monitor_port,
-        "nats_config": _config_text(leaf_config(deployed, region, NATS_DATA_DIR)),
+        "nats_config": _config_text(
+            leaf_config(
+                deployed, region, NATS_DATA_DIR, placeholder_passwords(deployed)
+            )
+        ),
     }
     _set_if(leaf, "instance_type", settings.instance_types.leaf)
     _set_if(leaf, "jetstream_volume_gib", settings.volume_sizes_gib.jetstream)

@@ -4,7 +4,7 @@
     python -m chatmesh.benchmarks.idle_connections --transport longpoll --count 10000
 
 The benchmark starts a mesh with one region and one edge (or uses a running
-edge given by `--edge-url`, `--edge-pid` and `--token-secret`). It opens
+edge given by `--edge-url`, `--edge-pid` and `--run-dir`). It opens
 `--count` idle clients, each a distinct user: authenticated WebSockets that
 send nothing after `auth`, or HTTP sessions that long-poll `/v1/events` and
 poll again whenever a poll returns. Once the edge's `/healthz` counts them
@@ -36,8 +36,7 @@ from urllib.parse import urlsplit
 import httpx
 import websockets
 
-from core.tokens import load_secret, mint_token
-from topology.launcher import Mesh
+from topology.launcher import Mesh, RunLayout, dev_token_signer
 from topology.model import Topology, parse_topology
 
 OPEN_CONCURRENCY = 100
@@ -103,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--edge-url", help="http://HOST:PORT of a running edge")
     parser.add_argument("--edge-pid", type=int, help="process id of that edge")
     parser.add_argument(
-        "--token-secret", type=Path, help="token secret file of that edge's mesh"
+        "--run-dir", type=Path, help="run directory of that edge's mesh (token keys)"
     )
     parser.add_argument("--json", type=Path, help="also write the result to this file")
     parser.add_argument(
@@ -115,9 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
-    given = [args.edge_url, args.edge_pid, args.token_secret]
+    given = [args.edge_url, args.edge_pid, args.run_dir]
     if any(given) and not all(given):
-        parser.error("--edge-url, --edge-pid and --token-secret go together")
+        parser.error("--edge-url, --edge-pid and --run-dir go together")
     return args
 
 
@@ -177,9 +176,11 @@ async def wait_for_count(http: httpx.AsyncClient, count: int) -> int:
 class IdleClients:
     """The idle connections of one run, and how to open and close them."""
 
-    def __init__(self, base_url: str, secret: bytes, wait_s: float) -> None:
+    def __init__(
+        self, base_url: str, sign: Callable[[str], str], wait_s: float
+    ) -> None:
         self.base_url = base_url
-        self._secret = secret
+        self._sign = sign
         self._wait_s = wait_s
         self._sockets: list[websockets.ClientConnection] = []
         self._pollers: list[asyncio.Task[None]] = []
@@ -190,7 +191,7 @@ class IdleClients:
         self.failure_samples: dict[str, str] = {}
 
     def token(self, index: int) -> str:
-        return mint_token(self._secret, f"idle-{index}")
+        return self._sign(f"idle-{index}")
 
     async def open_websocket(self, index: int) -> None:
         url = self.base_url.replace("http://", "ws://") + "/v1/ws"
@@ -298,10 +299,10 @@ async def open_all(count: int, open_one: Callable[[int], Awaitable[None]]) -> fl
 
 
 async def measure(
-    args: argparse.Namespace, base_url: str, pid: int, secret: bytes
+    args: argparse.Namespace, base_url: str, pid: int, sign: Callable[[str], str]
 ) -> IdleResult:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    clients = IdleClients(base_url, secret, args.wait_s)
+    clients = IdleClients(base_url, sign, args.wait_s)
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
         await asyncio.sleep(SETTLE_S)
         before_kib = rss_kib(pid)
@@ -349,8 +350,10 @@ async def measure(
 
 async def run(args: argparse.Namespace) -> IdleResult:
     if args.edge_url:
-        secret = load_secret(args.token_secret)
-        return await measure(args, args.edge_url.rstrip("/"), args.edge_pid, secret)
+        layout = RunLayout(args.run_dir)
+        audience = json.loads(layout.topology.read_text())["name"]
+        sign = dev_token_signer(layout, audience)
+        return await measure(args, args.edge_url.rstrip("/"), args.edge_pid, sign)
     if args.run_dir is not None:
         return await run_mesh(args, args.run_dir)
     with tempfile.TemporaryDirectory(prefix="chatmesh-idle-") as run_dir:
@@ -365,8 +368,8 @@ async def run_mesh(args: argparse.Namespace, run_dir: Path) -> IdleResult:
         edge = mesh.topology.regions[0].edges[0]
         pid = mesh.processes[f"edge-{EDGE_NAME}"].pid
         assert pid is not None
-        secret = load_secret(mesh.layout.token_secret)
-        return await measure(args, f"http://{edge.host}:{edge.port}", pid, secret)
+        sign = dev_token_signer(mesh.layout, mesh.topology.name)
+        return await measure(args, f"http://{edge.host}:{edge.port}", pid, sign)
     finally:
         mesh.stop()
 

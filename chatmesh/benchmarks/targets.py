@@ -28,9 +28,14 @@ from chatmesh.benchmarks.clients import (
 from chatmesh.benchmarks.delay_proxy import DelayProxy
 from chatmesh.benchmarks.load import Plan
 from chatmesh.paths import read_endpoints
-from core.tokens import load_secret, mint_token
 from edge.affinity import owner_edge
-from topology.launcher import Mesh, RunLayout, free_port, resolve_ports
+from topology.launcher import (
+    Mesh,
+    RunLayout,
+    dev_token_signer,
+    free_port,
+    resolve_ports,
+)
 from topology.model import Topology, parse_topology
 from topology.processes import ManagedProcess
 
@@ -58,11 +63,11 @@ def with_free_ports(topology: Topology) -> Topology:
 
 @dataclass
 class MeshUnderTest:
-    """The endpoints, pids and token secret of the mesh being measured."""
+    """The endpoints, pids and token signer of the mesh being measured."""
 
     topology: Topology
     endpoints: dict[str, Any]
-    secret: bytes
+    sign: Callable[[str], str]
     mesh: Mesh | None = None
     proxies: list[DelayProxy] = field(default_factory=list)
 
@@ -114,7 +119,7 @@ async def start_mesh(topology: Topology, run_dir: Path, rtt_ms: float) -> MeshUn
     return MeshUnderTest(
         topology=mesh.topology,
         endpoints=mesh.endpoints(),
-        secret=load_secret(mesh.layout.token_secret),
+        sign=dev_token_signer(mesh.layout, mesh.topology.name),
         mesh=mesh,
         proxies=proxies,
     )
@@ -125,7 +130,7 @@ def attach_mesh(run_dir: Path) -> MeshUnderTest:
     layout = RunLayout(run_dir)
     endpoints = read_endpoints(run_dir)
     topology = parse_topology(json.loads(layout.topology.read_text()))
-    return MeshUnderTest(topology, endpoints, load_secret(layout.token_secret))
+    return MeshUnderTest(topology, endpoints, dev_token_signer(layout, topology.name))
 
 
 @dataclass
@@ -170,9 +175,7 @@ async def mesh_target(
     mut: MeshUnderTest, plan: Plan, recorder: Recorder, window: int
 ) -> Target:
     clients: list[BenchClient] = [
-        WebSocketClient(
-            mut.edge_url(user, i), mint_token(mut.secret, user), user, recorder, window
-        )
+        WebSocketClient(mut.edge_url(user, i), mut.sign(user), user, recorder, window)
         for i, user in enumerate(plan.users)
     ]
     await _connect_or_close(clients)

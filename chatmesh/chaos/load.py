@@ -20,8 +20,7 @@ import structlog
 from chatmesh.client import ChatError, Event
 from chatmesh.failover import FailoverClient, FailoverPolicy
 from core.schema import MessageEvent
-from core.tokens import load_secret, mint_token
-from topology.launcher import Mesh
+from topology.launcher import Mesh, dev_token_signer
 
 log = structlog.get_logger(__name__)
 
@@ -85,14 +84,14 @@ class Load:
     def _make_users(
         mesh: Mesh, tag: str, count: int, policy: FailoverPolicy | None
     ) -> list[LoadUser]:
-        secret = load_secret(mesh.layout.token_secret)
+        sign = dev_token_signer(mesh.layout, mesh.topology.name)
         regions = mesh.topology.regions
         names = [f"{tag}-{i:02d}" for i in range(count)]
         users = []
         for i, name in enumerate(names):
             region = regions[(i // USERS_PER_REGION_RUN) % len(regions)]
             edge_url = mesh.edge_url(region.edges[0].name)
-            client = FailoverClient(edge_url, mint_token(secret, name), policy=policy)
+            client = FailoverClient(edge_url, sign(name), policy=policy)
             user = LoadUser(
                 name=name,
                 home_region=region.name,
