@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 import structlog
@@ -46,14 +47,6 @@ async def connect_nats(
     async def on_reconnected() -> None:
         log.info("nats.reconnected", client=name, server=_server(nc))
 
-    login: dict[str, object] = {}
-    if auth is not None:
-        login = {
-            "user": auth.user,
-            "password": auth.password,
-            "inbox_prefix": auth.inbox_prefix,
-            "tls": auth.tls,
-        }
     nc = await nats.connect(
         servers=servers,
         name=name,
@@ -64,10 +57,22 @@ async def connect_nats(
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
-        **login,
+        **login_options(auth),
     )
     log.info("nats.connected", client=name, server=_server(nc))
     return nc
+
+
+def login_options(auth: NatsAuth | None) -> dict[str, Any]:
+    """Return the `nats.connect` keyword arguments that log in as `auth`."""
+    if auth is None:
+        return {}
+    return {
+        "user": auth.user,
+        "password": auth.password,
+        "inbox_prefix": auth.inbox_prefix,
+        "tls": auth.tls,
+    }
 
 
 async def close_nats(nc: Client, name: str) -> None:

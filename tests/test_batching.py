@@ -8,13 +8,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import nats
 import pytest
 from nats.js.api import PubAck
 
 from chatmesh.client import ChatClient
 from core import subjects
 from core.metrics import EdgeMetrics
+from core.natsconn import connect_nats
 from core.schema import (
     AcceptedEvent,
     IngestBatch,
@@ -195,7 +195,9 @@ async def connect(mesh: Mesh, user: str, clients: list[ChatClient]) -> ChatClien
 
 async def last_leaf_batch(mesh: Mesh) -> IngestBatch:
     region = mesh.topology.get_region("eu-west")
-    nc = await nats.connect(leaf_client_url(region))
+    nc = await connect_nats(
+        [leaf_client_url(mesh.topology, region)], "test-ops", mesh.ops_auth()
+    )
     try:
         js = nc.jetstream(domain=region.name)
         stream = subjects.region_ingest_stream(region.name)
@@ -244,7 +246,11 @@ async def test_resend_across_batches_stored_once(
     once = envelope("alice", client_id)
     marker = envelope("alice", unique("marker"))
 
-    nc = await nats.connect(leaf_client_url(region))
+    nc = await connect_nats(
+        [leaf_client_url(slow_batch_mesh.topology, region)],
+        "test-ops",
+        slow_batch_mesh.ops_auth(),
+    )
     try:
         js = nc.jetstream(domain=region.name)
         subject = subjects.ingest_subject(region.name, "test-edge")

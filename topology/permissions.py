@@ -59,8 +59,14 @@ def edge_permissions(region: str, edge: str) -> Permissions:
         # both forms that nats-server 2.15 subscribes to.
         f"$JS.FC.{deliver}.>",
         f"$JS.FC.{region}.*.{deliver}.>",
+        # The delivery watchdog checks that the hub's DELIVER answers.
+        *_js_api(subjects.HUB_DOMAIN, [f"STREAM.INFO.{subjects.HUB_DELIVER_STREAM}"]),
     ]
-    subscribe = [f"{edge_inbox_prefix(edge)}.>", subjects.PRESENCE_CHANGES]
+    subscribe = [
+        f"{edge_inbox_prefix(edge)}.>",
+        subjects.PRESENCE_CHANGES,
+        subjects.PRESENCE_FULL_REQUESTS,
+    ]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 
@@ -73,6 +79,7 @@ def core_permissions(topology: Topology) -> Permissions:
         f"$JS.ACK.{subjects.HUB_DOMAIN}.*.{subjects.HUB_INGEST_STREAM}.>",
         subjects.DELIVER_ALL,
         subjects.PRESENCE_CHANGES,
+        subjects.PRESENCE_FULL_REQUESTS,
     ]
     for region in topology.regions:
         api = subjects.leaf_js_api(region.name)
@@ -109,6 +116,8 @@ def leaf_link_permissions(region: Region) -> Permissions:
         # DELIVER_<region> sources the hub's DELIVER through a consumer that
         # the leaf's JetStream creates, filtered to this region's subject.
         *_js_api(hub, [f"CONSUMER.CREATE.{hub_deliver}.*.{source_filter}"]),
+        # The edges' delivery watchdog reads the hub DELIVER stream's info.
+        *_js_api(hub, [f"STREAM.INFO.{hub_deliver}"]),
         f"$JS.FC.{hub_deliver}.>",
         f"$JS.FC.{hub}.*.{hub_deliver}.>",
         # The hub sources INGEST_<region>: replies to its consumer create and
@@ -122,6 +131,7 @@ def leaf_link_permissions(region: Region) -> Permissions:
     subscribe = [
         *[f"{edge_inbox_prefix(edge.name)}.>" for edge in region.edges],
         subjects.PRESENCE_CHANGES,
+        subjects.PRESENCE_FULL_REQUESTS,
         f"{subjects.leaf_js_api(name)}.>",
         f"$JS.FC.{ingest}.>",
         f"$JS.FC.{name}.*.{ingest}.>",

@@ -24,6 +24,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection
 
+from core.natsconn import NatsAuth, login_options
+
 log = structlog.get_logger(__name__)
 
 CONNECT_TIMEOUT_S = 15.0
@@ -209,16 +211,26 @@ class NatsClient(BenchClient):
     """
 
     def __init__(
-        self, server: str, prefix: str, user: str, recorder: Recorder, window: int
+        self,
+        server: str,
+        prefix: str,
+        user: str,
+        recorder: Recorder,
+        window: int,
+        auth: NatsAuth | None = None,
     ) -> None:
         super().__init__(user, recorder, window)
         self._server = server
         self._prefix = prefix
+        self._auth = auth
         self._nc: Client | None = None
 
     async def connect(self) -> None:
         self._nc = await nats.connect(
-            servers=[self._server], name=f"bench-{self.user}", allow_reconnect=False
+            servers=[self._server],
+            name=f"bench-{self.user}",
+            allow_reconnect=False,
+            **login_options(self._auth),
         )
         await self._nc.subscribe(self._user_subject(self.user), cb=self._on_msg)
 

@@ -33,6 +33,7 @@ from chatmesh.benchmarks.targets import (
 from chatmesh.scrape import scrape_all
 from core import metrics as m
 from core import subjects
+from core.natsconn import login_options
 from topology.model import Topology
 
 
@@ -72,7 +73,11 @@ async def _measure(
     async def on_report(msg: Any) -> None:
         arrivals.append((time.monotonic(), json.loads(msg.data).get("edge", "?")))
 
-    nc = await nats.connect(servers=mut.endpoints["hub"], name="bench-presence")
+    nc = await nats.connect(
+        servers=mut.endpoints["hub"],
+        name="bench-presence",
+        **login_options(mut.nats_auth),
+    )
     try:
         await nc.subscribe(subjects.PRESENCE_REPORTS, cb=on_report)
         await nc.flush()

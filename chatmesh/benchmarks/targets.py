@@ -28,7 +28,9 @@ from chatmesh.benchmarks.clients import (
 from chatmesh.benchmarks.delay_proxy import DelayProxy
 from chatmesh.benchmarks.load import Plan
 from chatmesh.paths import read_endpoints
+from core.natsconn import NatsAuth
 from edge.affinity import owner_edge
+from topology.credentials import OPS_USER, client_auth
 from topology.launcher import (
     Mesh,
     RunLayout,
@@ -68,6 +70,7 @@ class MeshUnderTest:
     topology: Topology
     endpoints: dict[str, Any]
     sign: Callable[[str], str]
+    nats_auth: NatsAuth | None = None
     mesh: Mesh | None = None
     proxies: list[DelayProxy] = field(default_factory=list)
 
@@ -120,6 +123,7 @@ async def start_mesh(topology: Topology, run_dir: Path, rtt_ms: float) -> MeshUn
         topology=mesh.topology,
         endpoints=mesh.endpoints(),
         sign=dev_token_signer(mesh.layout, mesh.topology.name),
+        nats_auth=mesh.ops_auth(),
         mesh=mesh,
         proxies=proxies,
     )
@@ -130,7 +134,12 @@ def attach_mesh(run_dir: Path) -> MeshUnderTest:
     layout = RunLayout(run_dir)
     endpoints = read_endpoints(run_dir)
     topology = parse_topology(json.loads(layout.topology.read_text()))
-    return MeshUnderTest(topology, endpoints, dev_token_signer(layout, topology.name))
+    return MeshUnderTest(
+        topology,
+        endpoints,
+        dev_token_signer(layout, topology.name),
+        client_auth(topology, layout.nats_secrets, OPS_USER),
+    )
 
 
 @dataclass
@@ -224,7 +233,7 @@ async def nats_target(
     """Clients on the mesh's leaf nodes, so cross-region messages cross the hub."""
     prefix = f"bench.{uuid.uuid4().hex[:8]}"
     nats_clients = [
-        NatsClient(mut.leaf_url(i), prefix, user, recorder, window)
+        NatsClient(mut.leaf_url(i), prefix, user, recorder, window, mut.nats_auth)
         for i, user in enumerate(plan.users)
     ]
     clients: list[BenchClient] = list(nats_clients)

@@ -170,7 +170,9 @@ async def hub_node_dies(ctx: FaultContext) -> FaultWindow:
 
 async def ingest_stream_leader(mesh: Mesh) -> str:
     """Return the name of the hub node that leads the hub's INGEST stream."""
-    nc = await connect_nats(hub_client_urls(mesh.topology), "chaos-probe")
+    nc = await connect_nats(
+        hub_client_urls(mesh.topology), "chaos-probe", mesh.ops_auth()
+    )
     try:
         js = nc.jetstream(domain=subjects.HUB_DOMAIN)
         info = await js.stream_info(subjects.HUB_INGEST_STREAM)
