@@ -253,11 +253,11 @@ async def test_resend_across_batches_stored_once(
     )
     try:
         js = nc.jetstream(domain=region.name)
-        subject = subjects.ingest_subject(region.name, "test-edge")
+        subject = subjects.ingest_subject(region.name, "edge-1")
         # The same message in two batches, and twice within the second one.
         for number, envelopes in enumerate([[once], [once, once, marker]]):
-            batch_id = f"test-edge:{client_id}:{number}"
-            payload = encode_ingest_batch("test-edge", batch_id, envelopes)
+            batch_id = f"edge-1:{client_id}:{number}"
+            payload = encode_ingest_batch("edge-1", batch_id, envelopes)
             await js.publish(subject, payload, headers={"Nats-Msg-Id": batch_id})
     finally:
         await nc.close()
