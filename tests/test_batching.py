@@ -25,7 +25,7 @@ from core.schema import (
 from edge.batcher import IngestBatcher
 from tests.conftest import small_topology, start_mesh, token_for
 from topology.launcher import Mesh
-from topology.model import Ingest
+from topology.model import Ingest, unthrottled_rates
 from topology.render import leaf_client_url
 
 LINGER_MS = 50.0
@@ -168,7 +168,9 @@ def test_encoded_batch_matches_schema() -> None:
 def slow_batch_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     """A mesh whose edges hold each batch open for `LINGER_MS`."""
     topology = small_topology(
-        "batch-mesh", ingest={"batch_linger_ms": LINGER_MS, "batch_max_messages": 64}
+        "batch-mesh",
+        ingest={"batch_linger_ms": LINGER_MS, "batch_max_messages": 64},
+        limits=unthrottled_rates(),
     )
     run = start_mesh(topology, tmp_path_factory.mktemp("batch-mesh"))
     try:

@@ -37,7 +37,7 @@ import httpx
 import websockets
 
 from topology.launcher import Mesh, RunLayout, dev_token_signer
-from topology.model import Topology, parse_topology
+from topology.model import Topology, parse_topology, unthrottled_rates
 
 OPEN_CONCURRENCY = 100
 # Descriptors kept free for the mesh's NATS links, logs and the like.
@@ -133,6 +133,7 @@ def bench_topology() -> Topology:
             "name": "bench-idle",
             "hub": {"nodes": [{"name": "hub-1"}]},
             "regions": [{"name": "bench", "edges": [{"name": EDGE_NAME}]}],
+            "limits": unthrottled_rates(),
         }
     )
 

@@ -38,7 +38,7 @@ from topology.launcher import (
     free_port,
     resolve_ports,
 )
-from topology.model import Topology, parse_topology
+from topology.model import Topology, parse_topology, unthrottled_rates
 from topology.processes import ManagedProcess
 
 log = structlog.get_logger(__name__)
@@ -49,7 +49,7 @@ TARGETS = ("mesh", "relay", "nats")
 
 
 def with_free_ports(topology: Topology) -> Topology:
-    """Return `topology` with every port set to 0, so the mesh picks free ones."""
+    """Return `topology` on free ports and without per-client rate limits."""
     data = topology.model_dump()
     for node in data["hub"]["nodes"]:
         for key in ("client_port", "cluster_port", "leaf_port", "monitor_port"):
@@ -60,6 +60,7 @@ def with_free_ports(topology: Topology) -> Topology:
         for edge in region["edges"]:
             edge["port"] = 0
     data["core"]["metrics_port"] = 0
+    data["limits"].update(unthrottled_rates())
     return parse_topology(data)
 
 
