@@ -396,7 +396,13 @@ class FailoverClient:
         finally:
             for watcher in watchers:
                 watcher.cancel()
-        return next(iter(done)).result()
+        finished = next(iter(done))
+        error = finished.exception()
+        if error is not None:
+            # A failed probe must not stop the client from reconnecting.
+            log.error("failover.watch_failed", error=repr(error))
+            return "error"
+        return finished.result()
 
     async def _wait_lost(self, session: _Session) -> str:
         closed = asyncio.create_task(self.client.closed.wait())
@@ -409,7 +415,7 @@ class FailoverClient:
         return session.lost_reason or "closed"
 
     async def _probe_nearest(self, nearest: str) -> str:
-        """Return "failback" once the nearest region answered healthy enough times."""
+        """Return "failback" once the nearest region passed enough health checks."""
         interval_s = self.policy.probe_interval_s
         # Each failed move back doubles the wait, so a region that passes its
         # health check but cannot serve the session is not retried too often.

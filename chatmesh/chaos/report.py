@@ -86,6 +86,7 @@ COLUMNS = (
     ("lost", "lost"),
     ("duplicates", "dup"),
     ("order_violations", "order"),
+    ("late", "late"),
     ("moved_region", "moved"),
     ("resume_p50_s", "resume p50"),
     ("resume_p99_s", "resume p99"),
