@@ -1,8 +1,8 @@
 """`chatmesh capacity`: size a deployment from assumptions and measured costs.
 
-Every figure in the output names its source. It is an assumption (a
-command-line option; the defaults size for 1B users), a measurement (a field
-of a `chatmesh bench --json` report), or a derivation from the two. The
+Every figure in the output names its source. A source is an assumption (a
+command-line option, whose defaults size for 1B users), a measurement (a
+field of a `chatmesh bench --json` report), or a derivation from the two. The
 model is arithmetic, not a simulation: it multiplies per-message and
 per-connection costs by the load and rounds counts up.
 """

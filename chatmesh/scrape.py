@@ -91,7 +91,7 @@ def delta(before: Scrape, after: Scrape) -> dict[SampleKey, float]:
 def quantile(buckets: Iterable[tuple[float, float]], q: float) -> float | None:
     """Estimate a quantile from cumulative histogram buckets, as Prometheus does.
 
-    Interpolates linearly inside the bucket that holds the quantile. Returns
+    Interpolates linearly inside the bucket that contains the quantile. Returns
     None for an empty histogram, and the highest finite bound when the
     quantile falls in the +Inf bucket.
     """

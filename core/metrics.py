@@ -105,6 +105,7 @@ class EdgeMetrics:
         self.connections_opened = Counter(
             EDGE_CONNECTIONS_OPENED, "Authenticated connections opened.", registry=r
         )
+
         self.accepted = Counter(
             EDGE_ACCEPTED, "Messages stored in the leaf's JetStream.", registry=r
         )
@@ -122,6 +123,7 @@ class EdgeMetrics:
         self.presence_reports = Counter(
             EDGE_PRESENCE_REPORTS, "Presence reports sent to the hub.", registry=r
         )
+
         self.accept_seconds = _latency(
             EDGE_ACCEPT_SECONDS,
             "From a send frame's arrival to its accepted event (client to edge ack).",
@@ -155,6 +157,7 @@ class CoreMetrics:
         r = self.registry = CollectorRegistry()
         ProcessCollector(registry=r)
         self.errors = _errors(r)
+
         self.received = Counter(
             CORE_RECEIVED, "Client messages read from the hub's INGEST.", registry=r
         )
@@ -175,6 +178,7 @@ class CoreMetrics:
             ["region"],
             registry=r,
         )
+
         self.edge_to_core_seconds = _latency(
             CORE_EDGE_TO_CORE_SECONDS,
             "From acceptance at the edge to the core's receipt (edge to hub).",
@@ -194,6 +198,7 @@ class CoreMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+
         self.sync_lag = Gauge(
             CORE_SYNC_LAG,
             "Messages of a region's leaf INGEST not yet sourced by the hub.",
@@ -205,6 +210,7 @@ class CoreMetrics:
             "Messages of the hub's INGEST not yet acked by the sequencer.",
             registry=r,
         )
+
         self.presence_reports = Counter(
             CORE_PRESENCE_REPORTS, "Presence reports received from edges.", registry=r
         )

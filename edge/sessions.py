@@ -14,8 +14,9 @@ SendText = Callable[[str], Awaitable[None]]
 # Closes the connection's WebSocket with a close code and reason.
 CloseTransport = Callable[[int, str], Awaitable[None]]
 OUTBOX_LIMIT = 2048
-# Messages of one connection awaiting their batch's ack; the next send frame
-# waits for a slot, which slows a client that sends faster than the leaf stores.
+# Messages of one connection that may await their batch's ack at once. The
+# next send frame waits for a slot, so a client that sends faster than the
+# leaf stores is slowed down.
 SENDS_IN_FLIGHT = 32
 _ids = itertools.count(1)
 

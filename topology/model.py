@@ -142,7 +142,7 @@ class Limits(_Frozen):
 class Ingest(_Frozen):
     """How an edge batches client messages into its leaf's JetStream.
 
-    A batch is sent when it holds `batch_max_messages` messages or
+    A batch is sent when it contains `batch_max_messages` messages or
     `batch_max_bytes` bytes, or `batch_linger_ms` after its first message.
     At most `max_batches_in_flight` batches await JetStream's ack at once,
     and messages that arrive meanwhile wait for the next batch.

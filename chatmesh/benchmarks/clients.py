@@ -32,7 +32,7 @@ MAX_FRAME_BYTES = 2**20
 
 
 class Recorder(Protocol):
-    """Where clients report what happened to each message, by its client id."""
+    """The receiver of what happened to each message, keyed by its client id."""
 
     def on_accepted(self, ref: str, now_ns: int) -> None: ...
 
@@ -204,8 +204,8 @@ class NatsClient(BenchClient):
 
     Each user subscribes to its own subject and to its groups' subjects on
     its region's leaf node. A send publishes once and counts as accepted when
-    a flush (a PING answered by the server) returns, the closest thing core
-    NATS has to the edge's JetStream acknowledgement.
+    a flush returns (a PING and the server's PONG). That is the closest
+    thing core NATS has to the edge's JetStream acknowledgement.
     """
 
     def __init__(

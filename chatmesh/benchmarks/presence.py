@@ -1,8 +1,8 @@
 """`chatmesh bench-presence`: hub presence messages per client heartbeat.
 
 Connects clients, has each ping every `ping_interval_s`, and counts what
-reaches the hub on the presence subject by listening there. Edges answer
-pings themselves and send one report per report interval, so the ratio of
+reaches the hub on the presence subject by listening there. Edges reply to
+pings themselves and send one report per report interval. So the ratio of
 hub messages to heartbeats should fall as clients are added.
 """
 

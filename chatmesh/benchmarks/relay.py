@@ -3,8 +3,8 @@
     python -m chatmesh.benchmarks.relay --port 8300
 
 It speaks the frames the benchmark uses (auth, send, group create, ping)
-with no validation, storage or broker: a send is answered `accepted` and
-`committed` at once and forwarded in memory to the recipients' sockets.
+with no validation, storage or broker. A send gets `accepted` and
+`committed` at once and is forwarded in memory to the recipients' sockets.
 The token of the auth frame is taken as the user name. It runs on uvicorn
 with the edge's settings, so the benchmark's ratio of chatmesh to this relay
 is what chatmesh's own logic costs.

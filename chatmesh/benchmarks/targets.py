@@ -1,4 +1,4 @@
-"""What the benchmark drives: a chatmesh mesh, the bare relay, or bare NATS.
+"""The benchmark's targets: a chatmesh mesh, the bare relay, or bare NATS.
 
 `MeshUnderTest` is a mesh the benchmark started (default topology on free
 ports in a temporary run directory, optionally with delay proxies between

@@ -158,8 +158,8 @@ class MessageStore(ABC):
 
         Backends that can store the whole batch in one atomic write do so,
         which saves a disk flush per message. This default stores one
-        message after another, so a failure may leave a prefix stored; a
-        retry of the whole batch is safe because every write is idempotent.
+        message after another, so a failure may leave a prefix stored. A
+        retry of the whole batch is safe, because every write is idempotent.
         """
         for message, members in batch:
             await self.append_message(message, members)
