@@ -226,7 +226,12 @@ async def test_membership_changes_ordered_with_messages(clients: Clients) -> Non
     await alice.send_to_group(group, "before")
     await wait_text(bob, "before")
     removed = await alice.group("remove", group, user="bob")
-    await alice.send_to_group(group, "after removal")
+    after_removal = await alice.send_to_group(group, "after removal")
+    # A post is ordered when it commits, not when the region accepts it, so
+    # the test waits for the commit before the next membership change.
+    await alice.wait_for(
+        lambda e: isinstance(e, CommittedEvent) and e.id == after_removal.id
+    )
     added = await alice.group("add", group, user="carol")
     last = await alice.send_to_group(group, "after carol joined")
     await alice.wait_for(lambda e: isinstance(e, CommittedEvent) and e.id == last.id)
