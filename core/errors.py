@@ -81,7 +81,7 @@ class WrongEdge(ClientError):
 
 
 class Unavailable(ClientError):
-    """A dependency (the regional JetStream, the core) did not answer in time."""
+    """A dependency (the regional JetStream, the core) did not reply in time."""
 
     code = "unavailable"
 
