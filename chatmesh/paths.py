@@ -1,4 +1,4 @@
-"""Where the command-line tools find a running mesh."""
+"""Lookup of a running mesh's endpoints for the command-line tools."""
 
 from __future__ import annotations
 

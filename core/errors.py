@@ -93,7 +93,7 @@ class RateLimited(ClientError):
 
 
 class Unavailable(ClientError):
-    """A dependency (the regional JetStream, the core) did not answer in time."""
+    """A dependency (the regional JetStream, the core) did not reply in time."""
 
     code = "unavailable"
 

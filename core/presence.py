@@ -21,7 +21,7 @@ CHANGES_PER_MESSAGE = 500
 
 
 class PresenceService:
-    """Answer who is online, to the users allowed to know: contacts and group peers."""
+    """Presence queries, served only to contacts and group peers."""
 
     def __init__(
         self,

@@ -222,7 +222,7 @@ class MessageEvent(_Wire):
 
 
 class SyncedEvent(_Wire):
-    """The end of a sync: the client now holds everything up to `cursors`."""
+    """The end of a sync: the client now has everything up to `cursors`."""
 
     type: Literal["synced"] = "synced"
     cursors: dict[str, int]
@@ -326,7 +326,7 @@ SERVER_EVENT = TypeAdapter[AnyServerEvent](ServerEvent)
 
 
 class Origin(_Wire):
-    """Where a message entered the mesh, so its commit can find the sender."""
+    """The edge and connection a message entered by, so its commit finds the sender."""
 
     region: str
     edge: str
@@ -376,7 +376,7 @@ def encode_ingest_batch(edge: str, batch_id: str, envelopes: list[bytes]) -> byt
 
 
 class Rejection(_Wire):
-    """Why the sequencer refused an accepted message (it is not stored)."""
+    """The reason the sequencer rejected an accepted message, which is not stored."""
 
     client_msg_id: str
     code: str
@@ -415,7 +415,7 @@ def encode_delivery_batch(deliveries: list[bytes]) -> bytes:
 
 
 class SessionOpen(_Wire):
-    """An edge tells the registry that a user connected there."""
+    """A notice from an edge to the registry that a user connected there."""
 
     user: str
     region: str
@@ -425,11 +425,11 @@ class SessionOpen(_Wire):
 class PresenceReport(_Wire):
     """An edge's one presence message per interval.
 
-    A `full` report lists in `online` every user the edge holds; the others
-    list only the users who connected (`online`) or whose last connection
-    closed (`offline`) since the previous report. An empty report still
-    says the edge is alive. `report_seq` counts reports, so a receiver that
-    sees a gap waits for the next full report.
+    A `full` report lists in `online` every user with a session on the
+    edge. The others list only the users who connected (`online`) or whose
+    last connection closed (`offline`) since the previous report. An empty
+    report still shows that the edge is alive. `report_seq` counts reports,
+    so a receiver that finds a gap requests a full report.
     """
 
     region: str
@@ -442,7 +442,7 @@ class PresenceReport(_Wire):
 
 
 class PresenceFullRequest(_Wire):
-    """The core asks the named edges to send a full report next time."""
+    """A request from the core to the named edges for a full report next time."""
 
     edges: list[str]
 
@@ -489,7 +489,7 @@ class SyncRequest(_Wire):
 class SyncReply(_Wire):
     """A page of messages after the request's cursors.
 
-    `cursors` holds the position reached in every conversation of the user;
+    `cursors` contains the position reached in every conversation of the user;
     `more` is true when another request is needed to catch up.
     """
 

@@ -21,7 +21,7 @@ SERVICE_GROUPS = "chatmesh.core.groups"
 SERVICE_PRESENCE = "chatmesh.core.presence"
 PRESENCE_REPORTS = "chatmesh.presence.reports"
 PRESENCE_CHANGES = "chatmesh.presence.changes"
-# The core asks edges for a full presence report on this subject.
+# The core requests a full presence report from edges on this subject.
 PRESENCE_FULL_REQUESTS = "chatmesh.presence.full"
 
 

@@ -1,6 +1,6 @@
 """The core worker process: sequencer, session registry and core services.
 
-It connects to the hub, consumes the hub's `INGEST` stream, and answers the
+It connects to the hub, consumes the hub's `INGEST` stream, and replies to the
 edges' requests (sync, user lookups, session opens) over NATS.
 """
 

@@ -88,7 +88,7 @@ class CoreClient:
         """Return whether `user` may post to `group`, cached for a few seconds.
 
         The sequencer checks membership again when it commits, so a stale
-        answer here can only delay the refusal, never store a post.
+        result here can only delay the rejection, never store a post.
         """
         key = (user, group)
         if self._members.get(key, 0.0) > time.monotonic():

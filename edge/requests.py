@@ -50,7 +50,7 @@ async def handle_presence(
 ) -> PresenceEvent:
     """Return the users' states and subscribe `conn` to them if asked.
 
-    Raises `NotAuthorized`, answering and subscribing nothing, when some
+    Raises `NotAuthorized`, returning and subscribing nothing, when some
     requested users are neither contacts nor group peers.
     """
     request = PresenceRequest(actor=conn.user, users=frame.users)

@@ -275,8 +275,8 @@ class EdgeRuntime:
         """Close every client connection once the leaf is gone for a few seconds.
 
         Without its leaf node an edge can neither accept nor deliver, so its
-        clients are better served by another region, which close code 1013
-        (try again later) asks them to use.
+        clients are better served by another region. Close code 1013 (try
+        again later) directs them there.
         """
         lost_at: float | None = None
         loop = asyncio.get_running_loop()

@@ -149,7 +149,7 @@ async def _serve(runtime: EdgeRuntime, ws: WebSocket, user: str) -> None:
                 connection=conn.id,
             ).model_dump_json()
         )
-        # Frames wait until the registry knows the session, so a sync sent
+        # Frames wait until the registry has the session, so a sync sent
         # right after hello cannot miss a message routed before it.
         await announce_session(runtime, user, conn.id)
         bound.info("ws.connected")

@@ -15,7 +15,7 @@ from tests.conftest import Clients
 from topology.launcher import Mesh
 
 # Longer than SQLite's 5 s busy timeout and the Scylla driver's 5 s request
-# timeout, so the core sees failures and has to retry.
+# timeout, so the core gets errors and has to retry.
 OUTAGE_S = 12.0
 
 

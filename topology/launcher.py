@@ -120,7 +120,7 @@ def _fill(item: dict[str, Any], keys: list[str]) -> None:
 
 
 class RunLayout:
-    """Where a mesh keeps its files inside the run directory."""
+    """The paths of a mesh's files inside the run directory."""
 
     def __init__(self, run_dir: Path) -> None:
         self.root = run_dir

@@ -124,7 +124,7 @@ class ScyllaStore(_Frozen):
 
 
 class Store(_Frozen):
-    """Where messages are kept: embedded SQLite, or ScyllaDB across regions."""
+    """The message store: embedded SQLite, or ScyllaDB across regions."""
 
     backend: Literal["sqlite", "scylla"] = "sqlite"
     sqlite_path: str = "chatmesh.db"
@@ -170,7 +170,7 @@ class Limits(_Frozen):
     """
 
     max_content_bytes: int = Field(default=4096, ge=1, le=65536)
-    # A group holds fewer members than this: the join that would reach it fails.
+    # A group has fewer members than this, so the join that would reach it fails.
     group_size_limit: int = Field(default=200, ge=2, le=10_000)
     messages_per_connection: Rate = Rate(per_s=10, burst=20)
     messages_per_user: Rate = Rate(per_s=20, burst=40)
@@ -221,7 +221,7 @@ class Ingest(_Frozen):
 
 
 class Presence(_Frozen):
-    """How edges report sessions and how long a silent user stays online."""
+    """Presence settings: the report interval and when a silent user goes offline."""
 
     report_interval_s: float = Field(default=1.0, gt=0, le=60)
     offline_timeout_s: float = Field(default=10.0, gt=0, le=600)

@@ -35,7 +35,7 @@ from topology.permissions import (
 PING_INTERVAL = "2s"
 PING_MAX = 3
 LEAF_RECONNECT = "250ms"
-# JetStream flushes lazily (about every 2 minutes) unless told otherwise. A
+# JetStream flushes lazily (about every 2 minutes) unless configured otherwise. A
 # leaf stores what the edge acknowledged as accepted, so a leaf fsyncs every
 # write. The hub's streams are copies: a hub that loses an unflushed tail
 # sources it again from the leaf, whose stream keeps it for days, so the hub

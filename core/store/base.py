@@ -1,6 +1,6 @@
 """The message store interface that every backend implements.
 
-The interface asks only for what ScyllaDB does well: single-partition reads
+The interface requires only what ScyllaDB does well: single-partition reads
 in clustering order, idempotent upserts, and one atomic multi-row write per
 change (a logged batch in Scylla, a transaction in SQLite). There are no
 cross-partition scans, no joins and no counters that need read-modify-write:
@@ -23,7 +23,7 @@ MAX_CONTENT_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class ConversationPosition:
-    """Where a user stands in one conversation.
+    """A user's readable range in one conversation.
 
     The user may read seqs from `from_seq` through `until_seq` (inclusive;
     None means no end) of a conversation whose latest seq is `last_seq`.
