@@ -111,6 +111,7 @@ def cql_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCqlNod
         work_dir=tmp_path_factory.mktemp("cql-single"),
         heap_mb=TEST_HEAP_MB,
         cluster_name="chatmesh-single",
+        unsafe_system=True,
     )
     nodes = start_cluster([spec])
     try:
@@ -140,6 +141,7 @@ def cql_cluster_two_dc(
             seeds=(seed,),
             heap_mb=TEST_HEAP_MB,
             cluster_name="chatmesh-two-dc",
+            unsafe_system=True,
         )
         for address, datacenter, token in (
             (SEED_ADDRESS, "eu-west", -(2**62)),

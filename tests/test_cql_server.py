@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -18,6 +19,7 @@ from tests.cql_fixtures import RunningCqlCluster, RunningCqlNode
 from topology.cql_server import (
     CASSANDRA_VERSION,
     POM_PATH,
+    UNSAFE_SYSTEM_FLAG,
     CqlNodeSpec,
     cassandra_config,
     jvm_command,
@@ -127,7 +129,8 @@ def test_config_and_command_of_spec(tmp_path: Path) -> None:
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "jamm-0.4.0.jar").touch()
     config = cassandra_config(spec)
-    command = jvm_command(spec, Path("/usr/bin/java"), tmp_path / "lib")
+    lib_dir = tmp_path / "lib"
+    command = jvm_command(spec, Path("/usr/bin/java"), lib_dir)
 
     assert config["listen_address"] == "127.0.0.2"
     assert config["native_transport_port"] == 19042
@@ -141,6 +144,9 @@ def test_config_and_command_of_spec(tmp_path: Path) -> None:
     assert "-Xmx512m" in command
     assert f"-javaagent:{tmp_path / 'lib' / 'jamm-0.4.0.jar'}" in command
     assert command[-1] == "org.apache.cassandra.service.CassandraDaemon"
+    assert UNSAFE_SYSTEM_FLAG not in command
+    unsafe = replace(spec, unsafe_system=True)
+    assert UNSAFE_SYSTEM_FLAG in jvm_command(unsafe, Path("/usr/bin/java"), lib_dir)
 
 
 @pytest.mark.parametrize(

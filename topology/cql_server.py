@@ -95,9 +95,12 @@ JVM_FLAGS: Final[tuple[str, ...]] = (
     "-Dcassandra.skip_wait_for_gossip_to_settle=0",
     "-Dcassandra.ring_delay_ms=1000",
     "-Dcassandra.superuser_setup_delay_ms=0",
-    # Skips fsync of the system keyspaces, which is safe only for throwaway data.
-    "-Dcassandra.unsafesystem=true",
 )
+# Cassandra then skips the flush of its schema and system tables after each
+# change. Schema changes get faster, but a node killed with SIGKILL loses
+# the keyspaces and tables created since its last flush, so it cannot
+# restart on its data.
+UNSAFE_SYSTEM_FLAG: Final = "-Dcassandra.unsafesystem=true"
 
 LOGBACK_XML: Final = """\
 <configuration scan="false">
@@ -124,6 +127,8 @@ class CqlNodeSpec:
 
     `seeds` contains `address:storage_port` entries. An empty tuple makes the
     node its own seed, which is right for the first node of a cluster.
+    `unsafe_system` speeds up schema changes for a node that is never
+    restarted on its data (see `UNSAFE_SYSTEM_FLAG`).
     """
 
     name: str
@@ -137,6 +142,7 @@ class CqlNodeSpec:
     seeds: tuple[str, ...] = ()
     heap_mb: int = DEFAULT_HEAP_MB
     cluster_name: str = "chatmesh"
+    unsafe_system: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -386,6 +392,7 @@ def jvm_command(spec: CqlNodeSpec, java: Path, lib_dir: Path) -> list[str]:
         f"-javaagent:{jamm_jars[-1]}",
         *JVM_MODULE_FLAGS,
         *JVM_FLAGS,
+        *([UNSAFE_SYSTEM_FLAG] if spec.unsafe_system else []),
         f"-Dcassandra.config={(conf / 'cassandra.yaml').as_uri()}",
         f"-Dcassandra-rackdc.properties={(conf / RACKDC_FILE).as_uri()}",
         f"-Dlogback.configurationFile={(conf / 'logback.xml').as_uri()}",

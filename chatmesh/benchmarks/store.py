@@ -333,6 +333,7 @@ def local_cql_node(work_dir: Path) -> Iterator[tuple[list[str], int]]:
         token=0,
         work_dir=work_dir,
         cluster_name="chatmesh-bench",
+        unsafe_system=True,
     )
     print(f"starting a local Cassandra node on 127.0.0.1:{native_port}", flush=True)
     nodes = start_cluster([spec])
