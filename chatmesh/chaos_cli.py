@@ -13,13 +13,23 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
+from chatmesh.options import store_option
 from chatmesh.paths import DEFAULT_RUN_DIR
 from topology.chaos import Chaos, ChaosError, Target
-from topology.model import TopologyError, default_topology_path, load_topology
+from topology.model import (
+    StoreBackend,
+    Topology,
+    TopologyError,
+    default_topology_path,
+    load_topology,
+)
+
+if TYPE_CHECKING:
+    from chatmesh.chaos.scenarios import Scenario
 
 T = TypeVar("T")
 
@@ -114,7 +124,10 @@ def list_targets(run_dir: Path) -> None:
 def kill(
     names: tuple[str, ...], region: str | None, down_for_s: float, run_dir: Path
 ) -> None:
-    """Kill processes with SIGKILL: `kill edge-eu-west-1`, `kill --region eu-west`."""
+    """Kill processes with SIGKILL: `kill edge-eu-west-1`, `kill --region eu-west`.
+
+    A store node (`cql-REGION`) restarts on its data and replays its commit log.
+    """
     control, targets = _targets(run_dir, names, region)
     _call(lambda: control.kill(targets, down_for_s))
     click.echo(f"killed {_names(targets)}; restart in {down_for_s:g} s")
@@ -245,6 +258,7 @@ def lock_store(for_s: float, run_dir: Path) -> None:
     show_default=True,
     help="Topology of the mesh the suite starts.",
 )
+@store_option
 @click.option(
     "--run-dir",
     type=click.Path(path_type=Path, file_okay=False),
@@ -263,26 +277,26 @@ def run(
     scenario_names: tuple[str, ...],
     long_form: bool,
     topology_file: Path,
+    store: StoreBackend | None,
     run_dir: Path,
     json_path: Path | None,
 ) -> None:
-    """Run chaos scenarios (default: all) under load on a mesh of their own."""
+    """Run chaos scenarios under load on a mesh of their own.
+
+    With no SCENARIO_NAMES, runs every scenario that the topology supports.
+    """
     from chatmesh.chaos.report import format_table, write_json
     from chatmesh.chaos.runner import run_suite
-    from chatmesh.chaos.scenarios import LONG, SCENARIOS, SCENARIOS_BY_NAME, SHORT
+    from chatmesh.chaos.scenarios import LONG, SHORT
 
-    unknown = [n for n in scenario_names if n not in SCENARIOS_BY_NAME]
-    if unknown:
-        raise click.ClickException(
-            f"unknown scenario {', '.join(unknown)}; scenarios: "
-            f"{', '.join(SCENARIOS_BY_NAME)}"
-        )
-    scenarios = [SCENARIOS_BY_NAME[n] for n in scenario_names] or SCENARIOS
     form = LONG if long_form else SHORT
     try:
         topology = load_topology(topology_file)
     except TopologyError as exc:
         raise click.ClickException(str(exc)) from exc
+    if store is not None:
+        topology = topology.with_store_backend(store)
+    scenarios = _chosen_scenarios(scenario_names, topology)
     started = time.monotonic()
     reports = _run(run_suite(topology, run_dir, scenarios, form))
     elapsed_s = time.monotonic() - started
@@ -292,6 +306,7 @@ def run(
         path,
         form=form.name,
         topology=topology.name,
+        store=topology.store.backend,
         elapsed_s=round(elapsed_s, 1),
         load={"clients": form.clients, "interval_s": form.interval_s},
     )
@@ -302,3 +317,39 @@ def run(
         click.echo(f"{report.scenario} FAILED: {'; '.join(report.failures)}", err=True)
     if failed:
         raise SystemExit(1)
+
+
+def _chosen_scenarios(names: tuple[str, ...], topology: Topology) -> list[Scenario]:
+    """Return the scenarios named, or every one that `topology` supports.
+
+    Raises `click.ClickException` for a name that is unknown or that the
+    topology cannot run, and prints the reason for each scenario it leaves out.
+    """
+    from chatmesh.chaos.scenarios import (
+        SCENARIOS,
+        SCENARIOS_BY_NAME,
+        supported_scenarios,
+    )
+
+    unknown = [n for n in names if n not in SCENARIOS_BY_NAME]
+    if unknown:
+        raise click.ClickException(
+            f"unknown scenario {', '.join(unknown)}; scenarios: "
+            f"{', '.join(SCENARIOS_BY_NAME)}"
+        )
+    if names:
+        chosen = [SCENARIOS_BY_NAME[n] for n in names]
+        for scenario in chosen:
+            reason = scenario.unsupported_reason(topology)
+            if reason is not None:
+                raise click.ClickException(
+                    f"scenario {scenario.name} cannot run on topology "
+                    f"{topology.name}: {reason}"
+                )
+        return chosen
+    chosen = supported_scenarios(topology)
+    for scenario in SCENARIOS:
+        if scenario not in chosen:
+            reason = scenario.unsupported_reason(topology)
+            click.echo(f"skipping {scenario.name}: {reason}", err=True)
+    return chosen

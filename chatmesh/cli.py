@@ -14,7 +14,7 @@ import click
 from chatmesh.chaos_cli import chaos
 from chatmesh.measure_cli import bench, bench_presence, capacity, status
 from chatmesh.options import chosen_topology as _load
-from chatmesh.options import run_dir_option, topology_option
+from chatmesh.options import run_dir_option, store_option, topology_option
 from chatmesh.paths import region_url
 from chatmesh.topology_cli import topology
 from core.logs import configure_logging
@@ -22,6 +22,7 @@ from core.tokens import DEFAULT_TTL_S, KeyStore, KeyStoreError, mint_token
 from topology.credentials import CORE_INBOX_PREFIX, CORE_USER, client_auth
 from topology.launcher import Mesh, RunLayout
 from topology.model import (
+    StoreBackend,
     Topology,
     TopologyError,
     parse_topology,
@@ -47,25 +48,12 @@ main.add_command(chaos)
 @main.command()
 @topology_option
 @run_dir_option
-@click.option(
-    "--store",
-    type=click.Choice(["sqlite", "scylla"]),
-    default=None,
-    help="Override the topology's store backend.",
-)
-def up(topology_file: Path | None, run_dir: Path, store: str | None) -> None:
+@store_option
+def up(topology_file: Path | None, run_dir: Path, store: StoreBackend | None) -> None:
     """Start a whole mesh on this machine and run it until Ctrl-C or SIGTERM."""
     topology = _load(topology_file)
-    if store == "scylla":
-        # Without a running cluster to point at, start one node per region here.
-        scylla = topology.store.scylla.model_copy(update={"local_nodes": True})
-        update = {"backend": "scylla", "scylla": scylla}
-        topology = topology.model_copy(
-            update={"store": topology.store.model_copy(update=update)}
-        )
-    elif store == "sqlite":
-        store_update = topology.store.model_copy(update={"backend": "sqlite"})
-        topology = topology.model_copy(update={"store": store_update})
+    if store is not None:
+        topology = topology.with_store_backend(store)
     try:
         asyncio.run(_run_mesh(topology, run_dir))
     except ProcessFailed as exc:

@@ -24,6 +24,16 @@ topology_option = click.option(
     help="Topology file (YAML or JSON). Default: the shipped two-region topology.",
 )
 
+store_option = click.option(
+    "--store",
+    type=click.Choice(["sqlite", "scylla"]),
+    default=None,
+    help=(
+        "Override the topology's store backend. scylla starts one local "
+        "Cassandra node per region."
+    ),
+)
+
 
 def chosen_topology(topology_file: Path | None) -> Topology:
     """Load the topology file given on the command line, or the shipped one."""

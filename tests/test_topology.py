@@ -37,6 +37,19 @@ def test_default_topology_loads() -> None:
     assert topology.store.backend == "sqlite"
 
 
+def test_store_backend_override() -> None:
+    topology = load_topology(default_topology_path())
+
+    scylla = topology.with_store_backend("scylla")
+    sqlite = scylla.with_store_backend("sqlite")
+
+    assert scylla.store.backend == "scylla"
+    assert scylla.store.scylla.local_nodes is True
+    assert scylla.store.scylla.keyspace == topology.store.scylla.keyspace
+    assert sqlite.store.backend == "sqlite"
+    assert topology.store.scylla.local_nodes is False
+
+
 @pytest.mark.parametrize(
     ("mutate", "field", "value"),
     [

@@ -6,9 +6,12 @@ alike.
 
 - Process faults signal the pids that the launcher records in
   `processes.json`, after checking each pid's start time, so a pid that the
-  kernel gave to another process is never signalled.
+  kernel gave to another process is never signalled. The local Cassandra
+  nodes of a mesh with `store.scylla.local_nodes` are among them, with kind
+  `store`.
 - A kill may hold the process down for a while: the launcher's supervisor
-  (`chatmesh up`) restarts it once the hold ends.
+  (`chatmesh up`) restarts it once the hold ends. A store node restarts on
+  its data directory and replays its commit log.
 - Link faults go to the control API of the link proxy, which runs when the
   topology sets `links.proxy`.
 - `StoreWriteLock` makes the SQLite store reject writes by holding its
@@ -39,6 +42,9 @@ from topology.processes import process_start_ticks
 log = structlog.get_logger(__name__)
 
 CONTROL_TIMEOUT_S = 5.0
+# The kinds of process that `select(region=...)` picks: a region's NATS leaf
+# node and edges. Store nodes are picked only by name.
+REGION_KINDS = ("leaf", "edge")
 # How long taking the store's write lock may wait for a write in progress.
 LOCK_TIMEOUT_S = 10.0
 
@@ -99,6 +105,7 @@ class Chaos:
         """Return the processes named, plus the leaf and edges of `region`.
 
         Raises `ChaosError` naming the known processes when a name is unknown.
+        A region's store node is not included unless it is named.
         """
         targets = self.targets()
         by_name = {t.name: t for t in targets}
@@ -110,16 +117,38 @@ class Chaos:
             )
         chosen = [by_name[n] for n in names]
         if region is not None:
-            in_region = [t for t in targets if t.region == region]
-            if not in_region:
-                regions = sorted({t.region for t in targets if t.region})
+            regions = {t.region for t in targets if t.region}
+            if region not in regions:
                 raise ChaosError(
-                    f"unknown region {region!r}; this mesh has: {', '.join(regions)}"
+                    f"unknown region {region!r}; this mesh has: "
+                    f"{', '.join(sorted(regions))}"
                 )
+            in_region = [
+                t for t in targets if t.region == region and t.kind in REGION_KINDS
+            ]
             chosen += [t for t in in_region if t not in chosen]
         if not chosen:
             raise ChaosError("name at least one process, or a region")
         return chosen
+
+    def store_node(self, region: str | None = None) -> Target:
+        """Return the store node of `region`, by default the core's store region.
+
+        Raises `ChaosError` when the launcher runs no store node there, as
+        with a SQLite store or a Cassandra cluster that the mesh only
+        connects to.
+        """
+        topology = self.topology()
+        region = region or topology.core_store_region
+        for target in self.targets():
+            if target.kind == "store" and target.region == region:
+                return target
+        raise ChaosError(
+            f"this mesh runs no store node in region {region!r}; store nodes run "
+            f"only with store.backend scylla and store.scylla.local_nodes (the "
+            f"store backend is {topology.store.backend}), as `chatmesh up --store "
+            "scylla` sets"
+        )
 
     # ---- processes -----------------------------------------------------------
 
@@ -226,7 +255,8 @@ class Chaos:
         if store.backend != "sqlite":
             raise ChaosError(
                 f"the store backend is {store.backend}; the write lock works on "
-                "SQLite only, so pause a store node instead"
+                "SQLite only, so pause a store node instead (`chatmesh chaos "
+                "list` names them)"
             )
         return StoreWriteLock(self.layout.data / store.sqlite_path)
 

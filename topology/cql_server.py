@@ -9,6 +9,7 @@ per version. Each node runs as its own JVM with a generated `cassandra.yaml`,
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import re
@@ -27,6 +28,7 @@ import structlog
 import yaml
 
 from core.errors import ChatmeshError
+from topology.processes import ProcessFailed
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +51,8 @@ CASSANDRA_MAIN_CLASS: Final = "org.apache.cassandra.service.CassandraDaemon"
 RACKDC_FILE: Final = "cassandra-rackdc.properties"
 ANSI_ESCAPE: Final = re.compile(r"\x1b\[[0-9;]*m")
 INSTALL_JAVA_HINT: Final = "Debian: apt-get install openjdk-17-jre-headless"
+# How long the supervisor's health check waits for a query on a running node.
+HEALTH_QUERY_TIMEOUT_S: Final = 2.0
 
 # Module access for Cassandra 5.0 on Java 17, following the --add-exports and
 # --add-opens lines of Cassandra's conf/jvm17-server.options.
@@ -427,17 +431,28 @@ class CqlNode:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    @property
+    def returncode(self) -> int | None:
+        """The JVM's exit status once it has exited, else None."""
+        return None if self._process is None else self._process.poll()
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
     def start(self, *, keep_data: bool = False) -> None:
-        """Spawn the JVM, by default with an empty data directory."""
+        """Spawn the JVM, by default with an empty data directory.
+
+        With `keep_data` the node starts on the data of its previous run and
+        replays its commit log, as after a crash.
+        """
         if self.is_running():
             raise CqlServerError(f"CQL node {self.spec.name} is already running")
         lib_dir = self._lib_dir or ensure_cassandra_jars()
         java = find_java()
         if not keep_data:
             shutil.rmtree(self.spec.data_dir, ignore_errors=True)
+        # A JVM that exited without `stop()` leaves its log file handle open.
+        self._close_output()
         _write_config(self.spec)
         self._spawn(jvm_command(self.spec, java, lib_dir))
         log.info(
@@ -470,7 +485,7 @@ class CqlNode:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.raise_if_exited()
-            if self.log_contains(READY_LOG_LINE) and self._query_succeeds():
+            if self.log_contains(READY_LOG_LINE) and self.serves_cql():
                 boot_s = round(time.monotonic() - self._started_at, 1)
                 log.info("cql_server.ready", node=self.spec.name, boot_s=boot_s)
                 return
@@ -523,10 +538,13 @@ class CqlNode:
             + f"\nlast lines:\n{self.log_tail(20)}"
         )
 
-    def _query_succeeds(self) -> bool:
+    def serves_cql(self, timeout_s: float = 10.0) -> bool:
+        """Return whether a query on `system.local` succeeds within `timeout_s`."""
         statement = "SELECT release_version FROM system.local"
         try:
-            query_one_node(self.spec.address, self.spec.native_port, statement)
+            query_one_node(
+                self.spec.address, self.spec.native_port, statement, timeout_s
+            )
         except Exception as error:  # the driver raises many unrelated types
             log.debug("cql_server.query_failed", node=self.spec.name, error=str(error))
             return False
@@ -595,6 +613,52 @@ class CqlNode:
         if self._output is not None:
             self._output.close()
             self._output = None
+
+
+# --- Supervision ----------------------------------------------------------------
+
+
+class CqlNodeProcess:
+    """A started `CqlNode` with the interface of the launcher's supervisor.
+
+    A start after the first keeps the node's data, so a node that was killed
+    replays its commit log and rejoins the cluster with its own token.
+    """
+
+    def __init__(self, node: CqlNode) -> None:
+        self.node = node
+        self.name = node.spec.name
+        self.log_path = node.log_path
+
+    @property
+    def pid(self) -> int | None:
+        return self.node.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.node.returncode
+
+    def running(self) -> bool:
+        return self.node.is_running()
+
+    def start(self) -> None:
+        self.node.start(keep_data=True)
+
+    async def wait_healthy(self, timeout_s: float) -> None:
+        """Wait until the node serves CQL; raise `ProcessFailed` if it does not."""
+        try:
+            await asyncio.to_thread(self.node.wait_ready, timeout_s)
+        except CqlServerError as exc:
+            raise ProcessFailed(str(exc)) from exc
+
+    async def check_health(self) -> bool:
+        """Run one query on the node; False if it is not running or the query fails."""
+        if not self.running():
+            return False
+        return await asyncio.to_thread(self.node.serves_cql, HEALTH_QUERY_TIMEOUT_S)
+
+    def stop(self) -> None:
+        self.node.stop()
 
 
 # --- Clusters -------------------------------------------------------------------

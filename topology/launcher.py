@@ -25,7 +25,7 @@ import structlog
 from core import subjects
 from core.natsconn import NatsAuth, connect_nats
 from core.tokens import KeyStore, mint_token
-from topology.cql_server import CqlNode, CqlNodeSpec, start_cluster
+from topology.cql_server import CqlNode, CqlNodeProcess, CqlNodeSpec, start_cluster
 from topology.credentials import (
     OPS_USER,
     client_auth,
@@ -34,7 +34,12 @@ from topology.credentials import (
     read_password,
 )
 from topology.model import Edge, Region, Topology
-from topology.processes import ManagedProcess, ProcessFailed, process_start_ticks
+from topology.processes import (
+    ManagedProcess,
+    ProcessFailed,
+    Supervised,
+    process_start_ticks,
+)
 from topology.render import (
     hub_client_urls,
     hub_node_config,
@@ -47,6 +52,8 @@ log = structlog.get_logger(__name__)
 
 NATS_READY_TIMEOUT_S = 20.0
 SERVICE_READY_TIMEOUT_S = 60.0
+# A Cassandra node that restarts replays its commit log before it serves CQL.
+STORE_READY_TIMEOUT_S = 180.0
 SUPERVISE_INTERVAL_S = 0.25
 RESTART_BACKOFF_MAX_S = 30.0
 
@@ -142,7 +149,10 @@ class RunLayout:
 
 @dataclass(frozen=True)
 class ProcessRole:
-    """The kind of a mesh process (hub, links, leaf, core, edge) and its region."""
+    """The kind of a mesh process (hub, links, leaf, core, edge, store) and its region.
+
+    A store process is a local Cassandra node, and its region is its datacenter.
+    """
 
     kind: str
     region: str | None = None
@@ -187,7 +197,11 @@ class Mesh:
         self.processes: dict[str, ManagedProcess] = {}
         self.roles: dict[str, ProcessRole] = {}
         self.cql_nodes: dict[str, CqlNode] = {}
+        # The local Cassandra nodes under the supervisor, once started.
+        self.store_processes: dict[str, CqlNodeProcess] = {}
         self._cql_specs = self._cql_node_specs()
+        for spec in self._cql_specs:
+            self.roles[spec.name] = ProcessRole("store", spec.datacenter)
         self._build_processes()
 
     # ---- building ------------------------------------------------------------
@@ -339,6 +353,9 @@ class Mesh:
         if self._cql_specs:
             nodes = await asyncio.to_thread(start_cluster, self._cql_specs)
             self.cql_nodes = {node.spec.name: node for node in nodes}
+            self.store_processes = {
+                node.spec.name: CqlNodeProcess(node) for node in nodes
+            }
         hub = [n for n in self.processes if self.roles[n].kind == "hub"]
         for name in hub:
             self.processes[name].start()
@@ -372,18 +389,29 @@ class Mesh:
         self.record_processes()
         await proc.wait_healthy(SERVICE_READY_TIMEOUT_S)
 
+    def supervised(self) -> dict[str, Supervised]:
+        """Return every process the supervisor restarts, in start order.
+
+        The local Cassandra nodes come first, then the processes of
+        `processes`.
+        """
+        supervised: dict[str, Supervised] = {}
+        supervised.update(self.store_processes)
+        supervised.update(self.processes)
+        return supervised
+
     async def supervise(self) -> None:
         """Restart every process that exits, once any chaos hold on it has passed.
 
-        Runs until cancelled, restarting in start order so that a leaf comes
-        back before its edges. A process that does not become healthy is
-        tried again after a growing delay.
+        Runs until cancelled, restarting in start order so that a store node
+        comes back before the core and a leaf before its edges. A process
+        that does not become healthy is tried again after a growing delay.
         """
         failures: dict[str, int] = {}
         not_before: dict[str, float] = {}
         reported: set[str] = set()
         while True:
-            for name, proc in self.processes.items():
+            for name, proc in self.supervised().items():
                 if proc.running():
                     continue
                 if name not in reported:
@@ -413,7 +441,7 @@ class Mesh:
             await asyncio.sleep(SUPERVISE_INTERVAL_S)
 
     async def _start_again(self, name: str) -> None:
-        proc = self.processes[name]
+        proc = self.supervised()[name]
         log.info("mesh.process_restarting", process=name)
         proc.start()
         self.record_processes()
@@ -421,14 +449,19 @@ class Mesh:
         log.info("mesh.process_restarted", process=name)
 
     def _ready_timeout(self, name: str) -> float:
+        if self.roles[name].kind == "store":
+            return STORE_READY_TIMEOUT_S
         if self.roles[name].kind in ("core", "edge"):
             return SERVICE_READY_TIMEOUT_S
         return NATS_READY_TIMEOUT_S
 
     def record_processes(self) -> None:
-        """Write every running process's pid and start time, for `chatmesh chaos`."""
+        """Write every running process's pid and start time, for `chatmesh chaos`.
+
+        Local Cassandra nodes are included, with kind `store`.
+        """
         entries: dict[str, dict[str, Any]] = {}
-        for name, proc in self.processes.items():
+        for name, proc in self.supervised().items():
             role = self.roles[name]
             pid = proc.pid if proc.running() else None
             entries[name] = {

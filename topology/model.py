@@ -123,10 +123,13 @@ class ScyllaStore(_Frozen):
     keyspace: Annotated[str, Field(pattern=KEYSPACE_PATTERN)] = "chatmesh"
 
 
+StoreBackend = Literal["sqlite", "scylla"]
+
+
 class Store(_Frozen):
     """The message store: embedded SQLite, or ScyllaDB across regions."""
 
-    backend: Literal["sqlite", "scylla"] = "sqlite"
+    backend: StoreBackend = "sqlite"
     sqlite_path: str = "chatmesh.db"
     scylla: ScyllaStore = ScyllaStore()
 
@@ -286,6 +289,19 @@ class Topology(_Frozen):
     def core_store_region(self) -> str:
         """Return the store datacenter of the core workers."""
         return self.core.store_region or self.regions[0].name
+
+    def with_store_backend(self, backend: StoreBackend) -> Topology:
+        """Return a copy whose store uses `backend`.
+
+        A scylla store gets one local Cassandra node per region
+        (`local_nodes`), because there is no cluster to point at.
+        """
+        update: dict[str, object] = {"backend": backend}
+        if backend == "scylla":
+            update["scylla"] = self.store.scylla.model_copy(
+                update={"local_nodes": True}
+            )
+        return self.model_copy(update={"store": self.store.model_copy(update=update)})
 
     def get_region(self, name: str) -> Region:
         """Return the region called `name`, or raise `TopologyError`."""

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -26,6 +27,26 @@ POLL_INTERVAL_S = 0.05
 
 class ProcessFailed(RuntimeError):
     """A managed process exited or never became healthy."""
+
+
+class Supervised(Protocol):
+    """The calls that the launcher's supervisor makes on a process it restarts."""
+
+    name: str
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def running(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    async def wait_healthy(self, timeout_s: float) -> None: ...
+
+    async def check_health(self) -> bool: ...
 
 
 class ManagedProcess:

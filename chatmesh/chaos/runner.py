@@ -155,15 +155,14 @@ async def restore(mesh: Mesh, chaos: Chaos, timeout_s: float) -> None:
 
 
 async def wait_mesh_healthy(mesh: Mesh, timeout_s: float) -> None:
-    """Wait until every process of the mesh passes its health check."""
+    """Wait until every process of the mesh, store nodes too, passes its check."""
     deadline = time.monotonic() + timeout_s
     while True:
+        processes = mesh.supervised()
         checks = await asyncio.gather(
-            *(proc.check_health() for proc in mesh.processes.values())
+            *(proc.check_health() for proc in processes.values())
         )
-        unhealthy = [
-            name for name, ok in zip(mesh.processes, checks, strict=True) if not ok
-        ]
+        unhealthy = [name for name, ok in zip(processes, checks, strict=True) if not ok]
         if not unhealthy:
             return
         if time.monotonic() > deadline:

@@ -1,10 +1,11 @@
 """The faults of the chaos suite, each with the time it lasts in either form.
 
 Faults aim at the topology's first region unless their summary names
-another target. A
-killed process is held down for the fault's duration, then the launcher's
-supervisor restarts it, so a fault ends when its process starts again, not
-when it is healthy again: catch-up times include the restart.
+another target. Store faults aim at the core's store region
+(`core.store_region`). A killed process is held down for the fault's
+duration, then the launcher's supervisor restarts it, so a fault ends when
+its process starts again, not when it is healthy again: catch-up times
+include the restart.
 """
 
 from __future__ import annotations
@@ -98,19 +99,38 @@ class Scenario:
     run_fault: FaultRun
     needs_clustered_hub: bool = False
     needs_link_proxy: bool = False
-    needs_sqlite: bool = False
+    # The fault acts on the store: the SQLite write lock, or a store node.
+    needs_store_fault: bool = False
+    # The fault kills a store node, which only a Cassandra store has.
+    needs_store_node: bool = False
 
     def unsupported_reason(self, topology: Topology) -> str | None:
         """Return why `topology` cannot run this scenario, or None if it can."""
+        store = topology.store
         if self.needs_clustered_hub and len(topology.hub.nodes) < 3:
             return "it needs a hub of at least three nodes"
         if self.needs_clustered_hub and topology.hub.stream_replicas < 3:
             return "it needs hub streams with three replicas"
         if self.needs_link_proxy and not topology.links.proxy:
             return "it needs the link proxy (links: {proxy: true})"
-        if self.needs_sqlite and topology.store.backend != "sqlite":
-            return "its store fault holds the SQLite write lock"
+        if self.needs_store_node and store.backend == "sqlite":
+            return (
+                "a SQLite store runs inside the core worker's process, so it has "
+                "no node of its own to kill (core-dies kills the core worker); "
+                "it needs store.backend scylla"
+            )
+        needs_store = self.needs_store_fault or self.needs_store_node
+        if needs_store and store.backend == "scylla" and not store.scylla.local_nodes:
+            return (
+                "it needs store nodes that the launcher runs "
+                "(store.scylla.local_nodes: true, or --store scylla)"
+            )
         return None
+
+
+def supported_scenarios(topology: Topology) -> list[Scenario]:
+    """Return the scenarios that `topology` can run, in the suite's order."""
+    return [s for s in SCENARIOS if s.unsupported_reason(topology) is None]
 
 
 async def kill_for(
@@ -130,17 +150,20 @@ async def edge_dies(ctx: FaultContext) -> FaultWindow:
     )
 
 
-async def edge_freezes(ctx: FaultContext) -> FaultWindow:
-    targets = ctx.chaos.select([ctx.edge_process])
-    freeze_s = max(ctx.form.fault_s, FREEZE_MIN_S)
+async def pause_for(ctx: FaultContext, name: str, pause_s: float) -> FaultWindow:
+    """Freeze process `name` with SIGSTOP for `pause_s`, then resume it."""
+    targets = ctx.chaos.select([name])
     started = time.monotonic()
     ctx.chaos.pause(targets)
     try:
-        await asyncio.sleep(freeze_s)
+        await asyncio.sleep(pause_s)
     finally:
         ctx.chaos.resume(targets)
-    description = f"SIGSTOP {ctx.edge_process} for {freeze_s:g} s"
-    return FaultWindow(description, started, time.monotonic())
+    return FaultWindow(f"SIGSTOP {name} for {pause_s:g} s", started, time.monotonic())
+
+
+async def edge_freezes(ctx: FaultContext) -> FaultWindow:
+    return await pause_for(ctx, ctx.edge_process, max(ctx.form.fault_s, FREEZE_MIN_S))
 
 
 async def region_dies(ctx: FaultContext) -> FaultWindow:
@@ -191,6 +214,14 @@ async def core_dies(ctx: FaultContext) -> FaultWindow:
 
 
 async def store_outage(ctx: FaultContext) -> FaultWindow:
+    """Hold the SQLite write lock, or pause the core's store node, for the fault."""
+    if ctx.mesh.topology.store.backend == "sqlite":
+        return await hold_store_lock(ctx)
+    node = ctx.chaos.store_node()
+    return await pause_for(ctx, node.name, ctx.form.fault_s)
+
+
+async def hold_store_lock(ctx: FaultContext) -> FaultWindow:
     lock = ctx.chaos.store_lock()
     started = time.monotonic()
     await asyncio.to_thread(lock.acquire)
@@ -200,6 +231,13 @@ async def store_outage(ctx: FaultContext) -> FaultWindow:
         lock.release()
     description = f"SQLite write lock held for {ctx.form.fault_s:g} s"
     return FaultWindow(description, started, time.monotonic())
+
+
+async def store_node_dies(ctx: FaultContext) -> FaultWindow:
+    """Kill the core's store node; it restarts on its data after the fault."""
+    node, down_s = ctx.chaos.store_node(), ctx.form.fault_s
+    description = f"SIGKILL {node.name}, restarted after {down_s:g} s"
+    return await kill_for(ctx, [node.name], down_s, description)
 
 
 async def edge_and_core_die(ctx: FaultContext) -> FaultWindow:
@@ -240,9 +278,16 @@ SCENARIOS = [
     Scenario("core-dies", "the core worker dies mid-batch (kill -9)", core_dies),
     Scenario(
         "store-outage",
-        "the store rejects writes (SQLite write lock held)",
+        "the store cannot commit: the SQLite write lock is held, or the core's "
+        "Cassandra node is frozen (SIGSTOP)",
         store_outage,
-        needs_sqlite=True,
+        needs_store_fault=True,
+    ),
+    Scenario(
+        "store-node-dies",
+        "the core's Cassandra node dies (kill -9) and restarts on its data",
+        store_node_dies,
+        needs_store_node=True,
     ),
     Scenario(
         "edge-and-core-die",
