@@ -378,6 +378,7 @@ def encode_ingest_batch(edge: str, batch_id: str, envelopes: list[bytes]) -> byt
 class Rejection(_Wire):
     """The reason the sequencer rejected an accepted message, which is not stored."""
 
+    sender: str
     client_msg_id: str
     code: str
     message: str

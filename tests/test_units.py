@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from core.ids import (
 from core.schema import StoredMessage, SyncRequest
 from core.store.sqlite import SqliteStore
 from edge.affinity import owner_edge
+from edge.uncommitted import UncommittedPosts
 
 
 class FakeClock:
@@ -103,3 +105,22 @@ async def _append(
         client_msg_id=f"{conversation}-{seq}".replace(":", "-"),
     )
     await store.append_message(message, [UserId(sender), UserId(recipient)])
+
+
+async def test_uncommitted_posts_wait_for_settle() -> None:
+    posts = UncommittedPosts()
+    assert await posts.drained("alice", timeout_s=0.01)
+
+    posts.add("alice", "m1")
+    posts.add("alice", "m2")
+    posts.add("bob", "m1")
+    assert not await posts.drained("alice", timeout_s=0.01)
+
+    waiter = asyncio.create_task(posts.drained("alice", timeout_s=5.0))
+    posts.settle("alice", "m1")
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    posts.settle("alice", "m2")
+    assert await waiter
+    assert posts.count("alice") == 0
+    assert posts.count("bob") == 1
