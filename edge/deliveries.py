@@ -96,7 +96,8 @@ class DeliveryFanout:
         rejection = delivery.rejection
         if rejection is None or delivery.origin.edge != self._edge:
             return 0
-        self._uncommitted.settle(rejection.sender, rejection.client_msg_id)
+        if rejection.sender is not None:
+            self._uncommitted.settle(rejection.sender, rejection.client_msg_id)
         event = ErrorEvent(
             code=rejection.code, message=rejection.message, ref=rejection.client_msg_id
         ).model_dump_json()

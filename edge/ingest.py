@@ -112,7 +112,7 @@ class Ingest:
         pending = self._recent.start(key)
         stored = self._batcher.add(envelope.model_dump_json().encode())
         if frame.group is not None:
-            self._uncommitted.add(sender, frame.id)
+            self._uncommitted.add(sender, frame.group, frame.id)
         return self._settle(key, pending, stored, frame.id, sender)
 
     async def close(self) -> None:

@@ -16,10 +16,11 @@ from core.schema import (
 from edge.runtime import EdgeRuntime
 from edge.sessions import Connection
 
-# Group operations that change nothing need not wait for posts in flight.
-READ_ONLY_OPS = frozenset({"members"})
+# Group operations that change nothing, or a group with no posts yet, need
+# not wait for posts in flight.
+READ_ONLY_OPS = frozenset({"members", "create"})
 # How long a group change waits for the user's posts in flight to commit.
-POSTS_COMMIT_WAIT_S = 5.0
+POSTS_COMMIT_WAIT_S = 2.0
 
 
 async def handle_group(
@@ -31,7 +32,7 @@ async def handle_group(
     first, so a change of membership comes after them in the group.
     """
     if frame.op not in READ_ONLY_OPS:
-        await runtime.uncommitted.drained(user, POSTS_COMMIT_WAIT_S)
+        await runtime.uncommitted.drained(user, frame.group, POSTS_COMMIT_WAIT_S)
     request = GroupRequest(
         actor=user,
         op=frame.op,

@@ -252,6 +252,8 @@ class EdgeRuntime:
             with contextlib.suppress(Exception):
                 await self._deliveries.unsubscribe()
         await self._subscribe_deliveries()
+        # Commits in the gap never reach this edge; do not wait for them.
+        self.uncommitted.clear()
         closed = await self.sessions.close_all(
             CLOSE_SERVICE_RESTART, "the delivery feed restarted; reconnect and sync"
         )

@@ -26,7 +26,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 15_000
-# A move to another region: a missed pong (up to 5 s) plus backoff, or two
+# A move to another region: a missed pong (up to 7 s) plus backoff, or two
 # healthy probes 2 s apart (failback).
 FAILOVER_MS = 30_000
 
@@ -212,4 +212,33 @@ async def test_page_fails_over_to_next_region_and_back(
     assert await shown_texts(bob, "dm:alice:bob") == sent
     await expect(alice.locator("#messages li.pending")).to_have_count(0)
     assert await shown_texts(alice, "dm:alice:bob") == sent
+    assert errors == []
+
+
+async def test_page_keeps_order_through_rate_limit(
+    mesh: Mesh, browser: Browser
+) -> None:
+    errors: list[str] = []
+    carol = await open_page(browser, region_http_url(mesh, "eu-west"), errors)
+    dave = await open_page(browser, region_http_url(mesh, "us-east"), errors)
+    await sign_in(carol, "carol")
+    await sign_in(dave, "dave")
+    prefix = unique("burst")
+    count = 40  # twice the default burst of 20 messages per connection
+
+    # Written faster than the edge's limit allows: the page must wait for
+    # the edge and send the rest later, in order.
+    await carol.evaluate(
+        f"for (let i = 0; i < {count}; i++) sendMessage('dave', '{prefix}-' + i)"
+    )
+    await dave.click('#conversations li[data-conversation="dm:carol:dave"]')
+    history = dave.locator("#messages li[data-seq] .content")
+    await expect(history.last).to_have_text(f"{prefix}-{count - 1}", timeout=TIMEOUT_MS)
+    burst = [t for t in await history.all_text_contents() if t.startswith(prefix)]
+
+    assert burst == [f"{prefix}-{i}" for i in range(count)]
+    await expect(carol.locator("#messages li.pending")).to_have_count(0)
+    assert "rate_limited" in (
+        await carol.locator("#compose-error").text_content() or ""
+    )
     assert errors == []

@@ -109,18 +109,32 @@ async def _append(
 
 async def test_uncommitted_posts_wait_for_settle() -> None:
     posts = UncommittedPosts()
-    assert await posts.drained("alice", timeout_s=0.01)
+    assert await posts.drained("alice", "g", timeout_s=0.01)
 
-    posts.add("alice", "m1")
-    posts.add("alice", "m2")
-    posts.add("bob", "m1")
-    assert not await posts.drained("alice", timeout_s=0.01)
-
-    waiter = asyncio.create_task(posts.drained("alice", timeout_s=5.0))
+    posts.add("alice", "g", "m1")
+    posts.add("alice", "g", "m2")
+    posts.add("alice", "h", "m3")
+    posts.add("bob", "g", "m1")
+    waiter = asyncio.create_task(posts.drained("alice", "g", timeout_s=5.0))
     posts.settle("alice", "m1")
     await asyncio.sleep(0)
     assert not waiter.done()
     posts.settle("alice", "m2")
+
     assert await waiter
-    assert posts.count("alice") == 0
+    assert posts.count("alice") == 1
     assert posts.count("bob") == 1
+
+
+async def test_uncommitted_posts_forgotten_after_timeout() -> None:
+    posts = UncommittedPosts(forget_after_s=0.05)
+    posts.add("alice", "g", "lost")
+
+    assert not await posts.drained("alice", "g", timeout_s=0.01)
+    assert posts.count("alice") == 0
+    posts.add("alice", "g", "old")
+    await asyncio.sleep(0.06)
+    posts.add("alice", "g", "new")
+    assert posts.count("alice") == 1
+    posts.clear()
+    assert await posts.drained("alice", "g", timeout_s=0.01)

@@ -5,21 +5,32 @@
 // sends a sync frame with those cursors, so nothing sent meanwhile is missed,
 // and it keys messages by sequence number, so nothing is shown twice.
 //
+// Sending: messages wait in `pendingSends` until their commit arrives. The
+// page sends them in order, one at a time: the next goes out when the edge
+// has accepted the one before. So a sender's messages are committed in the
+// order they were written, whichever region commits them.
+//
 // Failover: the page reads the regions, nearest first, from GET /v1/regions.
 // When its connection fails it moves to the next region, with exponential
-// backoff and full jitter between attempts, and resends the messages not yet
-// seen committed, in order and with their ids, so each is stored once. It
-// pings every 2 s and leaves an edge whose pong is 3 s late. While
-// away from the nearest region it probes that region's health URL and moves
-// back after two healthy answers in a row.
+// backoff and full jitter between attempts, and sends the messages not yet
+// committed again, in order and with their ids, so each is stored once. It
+// pings every 2 s and leaves an edge whose pong is 5 s late. While away
+// from the nearest region it probes that region's health URL and moves back
+// after two healthy probes in a row.
 "use strict";
 
 const STORAGE_KEY = "chatmesh.sign-in";
 const BACKOFF_MIN_MS = 200;
 const BACKOFF_MAX_MS = 5000;
 const CONNECT_TIMEOUT_MS = 5000;
+const REGIONS_TIMEOUT_MS = 5000;
+// A session that lasted this long counts as stable: the next loss starts
+// the backoff from its first step again.
+const STABLE_SESSION_MS = 10000;
 const PING_INTERVAL_MS = 2000;
-const PING_TIMEOUT_MS = 3000;
+// The edge handles frames in order, so a pong may wait behind a sync or a
+// group request (each up to a few seconds when the core is slow).
+const PING_TIMEOUT_MS = 5000;
 const PROBE_INTERVAL_MS = 2000;
 const PROBE_INTERVAL_MAX_MS = 60000;
 const PROBE_TIMEOUT_MS = 1000;
@@ -36,14 +47,19 @@ const CLOSE_GOING_AWAY = 4000;
 const state = {
   user: null,
   token: null,
-  socket: null,
   signedIn: false,
+  // Counts sign-ins, so work started for an earlier one stops.
+  generation: 0,
+  socket: null,
   // Regions nearest first, each {name, edges: [{name, url, health_url}]}.
   regions: [],
+  // True while the page could not read the regions and uses its own edge.
+  regionsUnknown: false,
   // Region name -> the edge URL that last served this user there.
   edgeInRegion: {},
   // The region of the open session, once its hello arrived.
   region: null,
+  onlineSince: 0,
   // Connection attempts not yet tried, each {region, url}.
   plan: [],
   attempt: 0,
@@ -51,14 +67,14 @@ const state = {
   pingTimer: null,
   pongTimer: null,
   probeTimer: null,
+  syncTimer: null,
+  sendTimer: null,
   healthyProbes: 0,
   // Moves back to the nearest region that ended somewhere else, in a row.
   failedFailbacks: 0,
   failingBack: false,
   unavailableSends: 0,
-  // While Date.now() is before holdUntil, new sends wait (rate limited).
-  holdUntil: 0,
-  holdTimer: null,
+  syncFailures: 0,
   // Why each connection was lost: {from, to, reason}, newest last.
   moves: [],
   syncing: false,
@@ -67,8 +83,11 @@ const state = {
   cursors: {},
   // conversation id -> Map(seq -> message view)
   conversations: new Map(),
-  // client message id -> {to, content}, until the commit arrives
+  // client message id -> {to, content, accepted}, in the order written,
+  // until the commit arrives. `accepted` is the socket that accepted it.
   pendingSends: new Map(),
+  // The id of the send waiting for its `accepted`, or null.
+  inFlight: null,
   selected: null,
 };
 
@@ -99,6 +118,8 @@ async function signIn(user) {
 }
 
 async function start(user, token) {
+  resetSession();
+  const generation = state.generation;
   state.user = user;
   state.token = token;
   state.signedIn = true;
@@ -108,27 +129,18 @@ async function start(user, token) {
   $("sign-out").hidden = false;
   render();
   setStatus("connecting", "connecting");
-  state.regions = await loadRegions();
-  if (state.signedIn) {
-    planRound(null, null);
-    tryNext();
+  const regions = await loadRegions();
+  if (state.generation !== generation || !state.signedIn) {
+    return;
   }
+  useRegions(regions);
+  planRound(null, null);
+  tryNext();
 }
 
 function signOut(reason) {
-  state.signedIn = false;
-  stopTimers();
-  if (state.socket) {
-    state.socket.close(1000, "signed out");
-    state.socket = null;
-  }
+  resetSession();
   sessionStorage.removeItem(STORAGE_KEY);
-  state.region = null;
-  state.plan = [];
-  state.cursors = {};
-  state.conversations = new Map();
-  state.pendingSends = new Map();
-  state.selected = null;
   $("me").textContent = "";
   $("sign-out").hidden = true;
   $("chat-view").hidden = true;
@@ -138,6 +150,36 @@ function signOut(reason) {
   delete $("status").dataset.region;
 }
 
+// Forget the signed-in user: close the socket and stop every timer.
+function resetSession() {
+  state.generation += 1;
+  state.signedIn = false;
+  stopTimers();
+  clearTimeout(state.sendTimer);
+  if (state.socket) {
+    abandon(state.socket, "signed out");
+  }
+  Object.assign(state, {
+    regions: [],
+    regionsUnknown: false,
+    edgeInRegion: {},
+    region: null,
+    plan: [],
+    attempt: 0,
+    failedFailbacks: 0,
+    failingBack: false,
+    unavailableSends: 0,
+    syncFailures: 0,
+    moves: [],
+    syncing: false,
+    cursors: {},
+    conversations: new Map(),
+    pendingSends: new Map(),
+    inFlight: null,
+    selected: null,
+  });
+}
+
 // ---- regions ---------------------------------------------------------------
 
 function defaultSocketUrl() {
@@ -145,28 +187,58 @@ function defaultSocketUrl() {
   return `${scheme}://${location.host}/v1/ws`;
 }
 
-// The regions, nearest to the edge that served this page first. Without the
-// list the page still works, with this page's edge as its only region.
+// The regions, nearest to the edge that served this page first, or null if
+// the edge did not list them.
 async function loadRegions() {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), REGIONS_TIMEOUT_MS);
   try {
-    const reply = await fetch("/v1/regions", { cache: "no-store" });
-    if (reply.ok) {
-      const body = await reply.json();
-      if (Array.isArray(body.regions) && body.regions.length > 0) {
-        return body.regions;
-      }
+    const reply = await fetch("/v1/regions", { cache: "no-store", signal: abort.signal });
+    if (!reply.ok) {
+      console.warn(`GET /v1/regions returned ${reply.status}; trying again later`);
+      return null;
     }
-    console.warn(`GET /v1/regions returned ${reply.status}; no failover`);
+    const body = await reply.json();
+    const regions = (Array.isArray(body.regions) ? body.regions : []).filter(
+      (r) => Array.isArray(r.edges) && r.edges.length > 0,
+    );
+    // The page reaches its own edge the way it reached the page, which may
+    // be through a proxy; the listed URLs are for other regions.
+    const own = regions.find((r) => r.name === body.region);
+    if (own) {
+      own.edges = [
+        { name: null, url: defaultSocketUrl(), health_url: `${location.origin}/healthz` },
+        ...own.edges,
+      ];
+    }
+    return regions.length > 0 ? regions : null;
   } catch (error) {
-    console.warn(`GET /v1/regions failed (${error}); no failover`);
+    console.warn(`GET /v1/regions failed (${error}); trying again later`);
+    return null;
+  } finally {
+    clearTimeout(timer);
   }
-  const url = defaultSocketUrl();
-  const health = `${location.origin}/healthz`;
-  return [{ name: null, edges: [{ name: null, url, health_url: health }] }];
+}
+
+// Without the list the page still works, with this page's edge as its only
+// region, and reads the list again after the next connect.
+function useRegions(regions) {
+  state.regionsUnknown = regions === null;
+  state.regions = regions || [
+    {
+      name: null,
+      edges: [{ name: null, url: defaultSocketUrl(), health_url: `${location.origin}/healthz` }],
+    },
+  ];
 }
 
 function nearestRegion() {
-  return state.regions.length > 0 ? state.regions[0].name : null;
+  return state.regions[0].name;
+}
+
+// A page served over https may only open wss:// sockets.
+function secureUrl(url) {
+  return location.protocol === "https:" ? url.replace(/^ws:/, "wss:") : url;
 }
 
 // Plan one round of attempts: `first` region first, the `failed` one last,
@@ -182,7 +254,7 @@ function planRound(first, failed) {
     const known = state.edgeInRegion[region.name];
     const urls = new Set([...(known ? [known] : []), ...region.edges.map((e) => e.url)]);
     for (const url of urls) {
-      plan.push({ region: region.name, url });
+      plan.push({ region: region.name, url: secureUrl(url) });
     }
   }
   state.plan = plan;
@@ -220,8 +292,18 @@ function open(candidate) {
   if (!state.signedIn) {
     return;
   }
+  if (state.socket) {
+    abandon(state.socket, "replaced");
+  }
   setStatus("connecting", `connecting to ${candidate.region || "this edge"}`);
-  const socket = new WebSocket(candidate.url);
+  let socket;
+  try {
+    socket = new WebSocket(candidate.url);
+  } catch (error) {
+    console.warn(`cannot open a WebSocket to ${candidate.url}: ${error}`);
+    tryNext();
+    return;
+  }
   socket.candidate = candidate;
   socket.helloed = false;
   state.socket = socket;
@@ -232,6 +314,7 @@ function open(candidate) {
     }
   };
   socket.onclose = (close) => onClose(socket, close);
+  clearTimeout(state.connectTimer);
   state.connectTimer = setTimeout(() => {
     if (state.socket === socket && !socket.helloed) {
       abandon(socket, "connect timeout");
@@ -259,18 +342,21 @@ function stopTimers() {
   clearInterval(state.pingTimer);
   clearTimeout(state.pongTimer);
   clearTimeout(state.probeTimer);
+  clearTimeout(state.syncTimer);
   state.pongTimer = null;
 }
 
-function onOpened(socket, hello) {
+async function onOpened(socket, hello) {
   socket.helloed = true;
   clearTimeout(state.connectTimer);
   const from = state.region;
   const region = socket.candidate.region;
   state.region = region;
-  state.attempt = 0;
+  state.onlineSince = Date.now();
   state.unavailableSends = 0;
-  state.edgeInRegion[region] = socket.url;
+  state.syncFailures = 0;
+  state.inFlight = null;
+  state.edgeInRegion[region] = socket.candidate.url;
   const nearest = nearestRegion();
   if (region === nearest) {
     state.failedFailbacks = 0;
@@ -278,6 +364,7 @@ function onOpened(socket, hello) {
     state.failedFailbacks += 1;
   }
   state.failingBack = false;
+
   const away = region !== nearest ? `, away from ${nearest}` : "";
   setStatus("online", `online at ${hello.edge} (${hello.region}${away})`);
   $("status").dataset.region = region || "";
@@ -285,11 +372,19 @@ function onOpened(socket, hello) {
   if (region !== nearest) {
     scheduleProbe();
   }
+
   const last = state.moves[state.moves.length - 1];
   if (last && last.to === null) {
     last.to = region;
   } else if (!last) {
     state.moves.push({ from, to: region, reason: "start" });
+  }
+  if (state.regionsUnknown) {
+    const generation = state.generation;
+    const regions = await loadRegions();
+    if (regions !== null && state.generation === generation) {
+      useRegions(regions);
+    }
   }
 }
 
@@ -303,6 +398,7 @@ function lose(socket, reason, code) {
     state.socket = null;
   }
   state.syncing = false;
+  state.inFlight = null;
   if (!state.signedIn) {
     return;
   }
@@ -311,6 +407,10 @@ function lose(socket, reason, code) {
     tryNext();
     return;
   }
+  // Back off from the first step after a stable session, and keep growing
+  // the delay while sessions keep dropping soon after they start.
+  const stable = Date.now() - state.onlineSince >= STABLE_SESSION_MS;
+  state.attempt = stable ? 1 : Math.max(state.attempt, 1);
   state.moves.push({ from: region, to: null, reason });
   delete $("status").dataset.region;
   console.info(`connection to ${region} lost: ${reason}`);
@@ -327,19 +427,19 @@ function onClose(socket, close) {
     return;
   }
   if (close.code === CLOSE_INVALID_TOKEN) {
-    stopTimers();
-    state.socket = null;
     signOut("The edge rejected the token; sign in again.");
     return;
   }
-  if (close.code === CLOSE_WRONG_EDGE && close.reason) {
+  if (close.code === CLOSE_WRONG_EDGE && close.reason && !socket.candidate.redirected) {
     // The close reason is the WebSocket URL of the edge that serves this
-    // user in the same region.
+    // user in the same region. One redirect per attempt, so two edges that
+    // disagree do not send the page back and forth.
     stopTimers();
     state.socket = null;
     const region = socket.candidate.region;
     state.edgeInRegion[region] = close.reason;
-    open({ region, url: close.reason });
+    state.plan.unshift({ region, url: secureUrl(close.reason), redirected: true });
+    tryNext();
     return;
   }
   lose(socket, `closed with code ${close.code}`, close.code);
@@ -382,10 +482,11 @@ function scheduleProbe() {
     if (!socket || state.region === nearestRegion()) {
       return;
     }
-    state.healthyProbes = (await nearestHealthy()) ? state.healthyProbes + 1 : 0;
+    const healthy = await nearestHealthy();
     if (state.socket !== socket) {
       return;
     }
+    state.healthyProbes = healthy ? state.healthyProbes + 1 : 0;
     if (state.healthyProbes >= HEALTHY_PROBES) {
       failBack(socket);
       return;
@@ -423,12 +524,13 @@ function failBack(socket) {
   console.info(`moving back from ${from} to ${nearestRegion()}`);
   abandon(socket, "failback");
   stopTimers();
+  state.inFlight = null;
   state.moves.push({ from, to: null, reason: "failback" });
   delete $("status").dataset.region;
   state.attempt = 0;
-  planRound(nearestRegion(), null);
   state.failingBack = true;
-  open(state.plan.shift());
+  planRound(nearestRegion(), null);
+  tryNext();
 }
 
 function send(frame) {
@@ -440,9 +542,24 @@ function send(frame) {
 }
 
 function requestSync() {
+  clearTimeout(state.syncTimer);
   if (send({ type: "sync", cursors: state.cursors })) {
     state.syncing = true;
   }
+}
+
+// A failed sync (the region may be cut off from the core) is tried again
+// with backoff while the connection lasts.
+function retrySync() {
+  state.syncing = false;
+  state.syncFailures += 1;
+  const socket = state.socket;
+  clearTimeout(state.syncTimer);
+  state.syncTimer = setTimeout(() => {
+    if (state.socket === socket) {
+      requestSync();
+    }
+  }, backoffMs(state.syncFailures));
 }
 
 // ---- events ----------------------------------------------------------------
@@ -452,18 +569,19 @@ function handleEvent(socket, event) {
     case "hello":
       onOpened(socket, event);
       requestSync();
-      resendPending();
+      pumpSends();
       break;
     case "message":
       addMessage(event.message);
       break;
     case "accepted":
-      state.unavailableSends = 0;
+      onAccepted(socket, event);
       break;
     case "committed":
       onCommitted(event);
       break;
     case "synced":
+      state.syncFailures = 0;
       onSynced(event.cursors);
       break;
     case "pong":
@@ -483,7 +601,7 @@ function addMessage(message) {
   if (message.sender === state.user) {
     // A resent message the edge had already stored arrives as a message
     // event, not as a commit.
-    state.pendingSends.delete(message.client_msg_id);
+    settleSend(message.client_msg_id);
   }
   if (!state.conversations.has(conversation)) {
     state.conversations.set(conversation, new Map());
@@ -512,7 +630,7 @@ function advanceCursor(conversation) {
 
 function onCommitted(event) {
   const pending = state.pendingSends.get(event.id);
-  state.pendingSends.delete(event.id);
+  settleSend(event.id);
   if (!pending) {
     // Without the content the page cannot show it; the cursor stays, so the
     // next sync brings the message.
@@ -544,30 +662,32 @@ function onSynced(cursors) {
 }
 
 function onError(socket, event) {
-  const pending = event.ref && state.pendingSends.has(event.ref);
-  if (pending && event.code === "unavailable") {
-    // The region cannot store messages now; the message stays pending and
-    // goes out again on the next connection.
+  if (event.ref === "sync") {
+    retrySync();
+  }
+  // Rate limits on bytes and some unavailable errors name no frame: they
+  // are about the send in flight, if any.
+  const aboutSend = event.code === "rate_limited" || event.code === "unavailable";
+  const ref = event.ref || (aboutSend ? state.inFlight : null);
+  const inFlight = ref !== null && ref === state.inFlight;
+  if (inFlight && event.code === "unavailable") {
+    // The region cannot store messages now: try the same message again
+    // after a backoff, and leave the region after a few failures in a row.
     state.unavailableSends += 1;
     if (state.unavailableSends >= UNAVAILABLE_LIMIT) {
       abandon(socket, "sends unavailable");
       lose(socket, "sends unavailable", CLOSE_GOING_AWAY);
+    } else {
+      retrySend(backoffMs(state.unavailableSends));
     }
-  } else if (pending && event.code === "rate_limited") {
-    // Hold every send until the edge takes messages again, then send what
-    // is pending in order, with the same ids.
-    clearTimeout(state.holdTimer);
-    state.holdUntil = Date.now() + (event.retry_after_ms || 1000);
-    state.holdTimer = setTimeout(() => {
-      state.holdUntil = 0;
-      resendPending();
-    }, event.retry_after_ms || 1000);
-  } else if (pending) {
-    state.pendingSends.delete(event.ref);
+  } else if (inFlight && event.code === "rate_limited") {
+    // The edge takes no more messages for a while: send the same one again
+    // once it does.
+    retrySend(event.retry_after_ms || 1000);
+  } else if (ref !== null && state.pendingSends.has(ref)) {
+    // Refused for good (unknown recipient, not a member, too large).
+    settleSend(ref);
     render();
-  }
-  if (event.ref === "sync") {
-    state.syncing = false;
   }
   $("compose-error").textContent = `${event.code}: ${event.message}`;
 }
@@ -583,20 +703,59 @@ function newClientId() {
 function sendMessage(to, content) {
   $("compose-error").textContent = "";
   const id = newClientId();
-  state.pendingSends.set(id, { to, content });
-  // Without a connection, or while the edge asked to wait, the message stays
-  // pending. `resendPending` sends it later with the same id, so the store
-  // keeps one copy.
-  if (Date.now() >= state.holdUntil) {
-    send({ type: "send", id, to, content });
-  }
+  state.pendingSends.set(id, { to, content, accepted: null });
+  pumpSends();
   selectConversation(directConversation(state.user, to));
   render();
 }
 
-function resendPending() {
+// Send the oldest message this connection has not accepted yet, unless a
+// send is in flight. Without a connection the messages wait; each goes out
+// later with the same id, so the store keeps one copy.
+function pumpSends() {
+  if (state.inFlight !== null || !state.socket || !state.socket.helloed) {
+    return;
+  }
   for (const [id, pending] of state.pendingSends) {
-    send({ type: "send", id, to: pending.to, content: pending.content });
+    if (pending.accepted === state.socket) {
+      continue;
+    }
+    if (send({ type: "send", id, to: pending.to, content: pending.content })) {
+      state.inFlight = id;
+    }
+    return;
+  }
+}
+
+function retrySend(delayMs) {
+  const socket = state.socket;
+  clearTimeout(state.sendTimer);
+  state.sendTimer = setTimeout(() => {
+    if (state.socket === socket) {
+      state.inFlight = null;
+      pumpSends();
+    }
+  }, delayMs);
+}
+
+function onAccepted(socket, event) {
+  state.unavailableSends = 0;
+  const pending = state.pendingSends.get(event.id);
+  if (pending) {
+    pending.accepted = socket;
+  }
+  if (event.id === state.inFlight) {
+    state.inFlight = null;
+    pumpSends();
+  }
+}
+
+// The message is committed or refused: forget it and send the next one.
+function settleSend(id) {
+  state.pendingSends.delete(id);
+  if (id === state.inFlight) {
+    state.inFlight = null;
+    pumpSends();
   }
 }
 
