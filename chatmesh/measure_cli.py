@@ -9,6 +9,7 @@ import click
 
 from chatmesh.options import chosen_topology as _load
 from chatmesh.options import run_dir_option, topology_option
+from core.errors import ChatmeshError
 from topology.processes import ProcessFailed
 
 
@@ -189,7 +190,7 @@ def bench(
     )
     try:
         report = asyncio.run(run_bench(options))
-    except (ProcessFailed, FileNotFoundError, ConnectionError) as exc:
+    except (ProcessFailed, FileNotFoundError, ConnectionError, ChatmeshError) as exc:
         raise click.ClickException(f"the benchmark failed: {exc}") from exc
     click.echo(format_report(report))
     if json_path is not None:

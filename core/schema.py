@@ -378,6 +378,8 @@ def encode_ingest_batch(edge: str, batch_id: str, envelopes: list[bytes]) -> byt
 class Rejection(_Wire):
     """The reason the sequencer rejected an accepted message, which is not stored."""
 
+    # None in rejections routed by a core that did not name the sender.
+    sender: str | None = None
     client_msg_id: str
     code: str
     message: str

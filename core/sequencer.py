@@ -242,6 +242,7 @@ class Sequencer:
             )
             self._metrics.rejected.inc()
             return Rejection(
+                sender=sender,
                 client_msg_id=envelope.client_msg_id,
                 code="not_a_member",
                 message=f"you are not a member of group {envelope.group!r}",

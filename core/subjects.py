@@ -23,6 +23,8 @@ PRESENCE_REPORTS = "chatmesh.presence.reports"
 PRESENCE_CHANGES = "chatmesh.presence.changes"
 # The core requests a full presence report from edges on this subject.
 PRESENCE_FULL_REQUESTS = "chatmesh.presence.full"
+# The bare-NATS benchmark baseline publishes under this prefix.
+BENCHMARK_PREFIX = "chatmesh.bench"
 
 
 def region_ingest_stream(region: str) -> str:

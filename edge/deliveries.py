@@ -24,6 +24,7 @@ from core.schema import (
     StoredMessage,
 )
 from edge.sessions import LocalSessions
+from edge.uncommitted import UncommittedPosts
 
 log = structlog.get_logger(__name__)
 
@@ -32,11 +33,16 @@ class DeliveryFanout:
     """Turn each `Delivery` into events on the recipients' local connections."""
 
     def __init__(
-        self, sessions: LocalSessions, edge: str, metrics: EdgeMetrics
+        self,
+        sessions: LocalSessions,
+        edge: str,
+        metrics: EdgeMetrics,
+        uncommitted: UncommittedPosts | None = None,
     ) -> None:
         self._sessions = sessions
         self._edge = edge
         self._metrics = metrics
+        self._uncommitted = uncommitted or UncommittedPosts()
         self.deliveries_received = 0
 
     async def on_message(self, msg: Msg) -> None:
@@ -57,6 +63,8 @@ class DeliveryFanout:
         message = delivery.message
         event = MessageEvent(message=MessageView.of(message)).model_dump_json()
         origin = delivery.origin
+        if origin.edge == self._edge:
+            self._uncommitted.settle(message.sender, message.client_msg_id)
         pushed = 0
         for user in delivery.recipients:
             for conn in self._sessions.connections_of(user):
@@ -88,6 +96,8 @@ class DeliveryFanout:
         rejection = delivery.rejection
         if rejection is None or delivery.origin.edge != self._edge:
             return 0
+        if rejection.sender is not None:
+            self._uncommitted.settle(rejection.sender, rejection.client_msg_id)
         event = ErrorEvent(
             code=rejection.code, message=rejection.message, ref=rejection.client_msg_id
         ).model_dump_json()

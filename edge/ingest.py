@@ -33,6 +33,7 @@ from core.schema import AcceptedEvent, IngestEnvelope, Origin, SendFrame
 from edge.batcher import IngestBatcher, RecentIds
 from edge.core_client import CoreClient
 from edge.frames import check_content
+from edge.uncommitted import UncommittedPosts
 from topology.model import Ingest as IngestSettings
 
 log = structlog.get_logger(__name__)
@@ -53,6 +54,7 @@ class Ingest:
         settings: IngestSettings,
         metrics: EdgeMetrics,
         leaf_connected: Callable[[], bool] = lambda: True,
+        uncommitted: UncommittedPosts | None = None,
     ) -> None:
         self._js = js
         self._metrics = metrics
@@ -64,6 +66,7 @@ class Ingest:
         self._edge = edge
         self._subject = subjects.ingest_subject(region, edge)
         self._max_content_bytes = max_content_bytes
+        self._uncommitted = uncommitted or UncommittedPosts()
 
     async def accept(
         self, sender: str, connection: str, frame: SendFrame
@@ -108,7 +111,9 @@ class Ingest:
         )
         pending = self._recent.start(key)
         stored = self._batcher.add(envelope.model_dump_json().encode())
-        return self._settle(key, pending, stored, frame.id)
+        if frame.group is not None:
+            self._uncommitted.add(sender, frame.group, frame.id)
+        return self._settle(key, pending, stored, frame.id, sender)
 
     async def close(self) -> None:
         """Store the open batch and wait for the batches in flight."""
@@ -120,11 +125,13 @@ class Ingest:
         pending: asyncio.Future[None],
         stored: asyncio.Future[None],
         ref: str,
+        sender: str,
     ) -> AcceptedEvent:
         try:
             await stored
         except Exception as exc:
             self._recent.finish(key, pending, exc)
+            self._uncommitted.settle(sender, ref)
             raise _unavailable(ref) from exc
         self._recent.finish(key, pending, None)
         self._metrics.accepted.inc()

@@ -16,11 +16,23 @@ from core.schema import (
 from edge.runtime import EdgeRuntime
 from edge.sessions import Connection
 
+# Group operations that change nothing, or a group with no posts yet, need
+# not wait for posts in flight.
+READ_ONLY_OPS = frozenset({"members", "create"})
+# How long a group change waits for the user's posts in flight to commit.
+POSTS_COMMIT_WAIT_S = 2.0
+
 
 async def handle_group(
     runtime: EdgeRuntime, user: str, frame: GroupFrame
 ) -> GroupEvent:
-    """Forward a group operation to the core; raise its `ClientError` if refused."""
+    """Forward a group operation to the core; raise its `ClientError` if refused.
+
+    The user's group posts still in flight through this edge are sequenced
+    first, so a change of membership comes after them in the group.
+    """
+    if frame.op not in READ_ONLY_OPS:
+        await runtime.uncommitted.drained(user, frame.group, POSTS_COMMIT_WAIT_S)
     request = GroupRequest(
         actor=user,
         op=frame.op,

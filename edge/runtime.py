@@ -29,6 +29,7 @@ from edge.presence import (
     report_presence_forever,
 )
 from edge.sessions import LocalSessions
+from edge.uncommitted import UncommittedPosts
 from sync.streams import ensure_region_streams, region_deliver_config
 from sync.watchdog import SourceWatchdog
 from topology.model import Edge, Region, Topology
@@ -95,7 +96,10 @@ class EdgeRuntime:
         self._js: JetStreamContext | None = None
         self._core: CoreClient | None = None
         self._ingest: Ingest | None = None
-        self.fanout = DeliveryFanout(self.sessions, identity.edge.name, self.metrics)
+        self.uncommitted = UncommittedPosts()
+        self.fanout = DeliveryFanout(
+            self.sessions, identity.edge.name, self.metrics, self.uncommitted
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._deliveries: Subscription | None = None
         self._deliveries_created: datetime.datetime | None = None
@@ -139,6 +143,7 @@ class EdgeRuntime:
             ident.topology.ingest,
             self.metrics,
             leaf_connected=lambda: self._nc is not None and self._nc.is_connected,
+            uncommitted=self.uncommitted,
         )
         await self._nc.subscribe(
             subjects.PRESENCE_CHANGES, cb=PresenceFanout(self.sessions).on_changes
@@ -247,6 +252,8 @@ class EdgeRuntime:
             with contextlib.suppress(Exception):
                 await self._deliveries.unsubscribe()
         await self._subscribe_deliveries()
+        # Commits in the gap never reach this edge; do not wait for them.
+        self.uncommitted.clear()
         closed = await self.sessions.close_all(
             CLOSE_SERVICE_RESTART, "the delivery feed restarted; reconnect and sync"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +26,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 15_000
+# A move to another region: a missed pong (up to 7 s) plus backoff, or two
+# healthy probes 2 s apart (failback).
+FAILOVER_MS = 30_000
 
 
 def unique(prefix: str) -> str:
@@ -137,4 +141,104 @@ async def test_page_resumes_after_connection_drop(mesh: Mesh, browser: Browser) 
 
     assert len(sockets) == 1, "the page should have opened one new WebSocket"
     assert await history.all_text_contents() == [*before, *missed]
+    assert errors == []
+
+
+async def expect_region(page: Page, region: str) -> None:
+    status = page.locator("#status")
+    await expect(status).to_have_attribute("data-region", region, timeout=FAILOVER_MS)
+    await expect(status).to_have_attribute("data-state", "online")
+
+
+async def test_page_fails_over_to_next_region_and_back(
+    fresh_mesh: Mesh, browser: Browser
+) -> None:
+    errors: list[str] = []
+    alice = await open_page(browser, region_http_url(fresh_mesh, "eu-west"), errors)
+    bob = await open_page(browser, region_http_url(fresh_mesh, "us-east"), errors)
+    await sign_in(alice, "alice")
+    await sign_in(bob, "bob")
+    await expect_region(alice, "eu-west")
+    edge = fresh_mesh.processes["edge-eu-west-1"]
+    assert edge.pid is not None
+    texts = {
+        name: unique(name)
+        for name in ("before", "frozen", "killed-1", "killed-2", "after")
+    }
+
+    await send(alice, "bob", texts["before"])
+    await bob.click('#conversations li[data-conversation="dm:alice:bob"]')
+    history = bob.locator("#messages li[data-seq] .content")
+    await expect(history.last).to_have_text(texts["before"], timeout=TIMEOUT_MS)
+
+    # A frozen edge keeps the socket open but sends nothing: the page
+    # misses a pong, moves to us-east and sends the message there again.
+    os.kill(edge.pid, signal.SIGSTOP)
+    try:
+        await send(alice, "bob", texts["frozen"])
+        await expect_region(alice, "us-east")
+        await expect(history.last).to_have_text(texts["frozen"], timeout=TIMEOUT_MS)
+    finally:
+        # The edge then reads the first copy of the message from its socket
+        # and passes it on: the store must keep one.
+        os.kill(edge.pid, signal.SIGCONT)
+    await expect_region(alice, "eu-west")
+
+    # A dead edge closes the socket: the page moves at once, and messages
+    # written while no region is connected wait and go out in order.
+    edge.kill()
+    await send(alice, "bob", texts["killed-1"])
+    await send(alice, "bob", texts["killed-2"])
+    await expect_region(alice, "us-east")
+    await expect(history.last).to_have_text(texts["killed-2"], timeout=TIMEOUT_MS)
+    edge.start()
+    await edge.wait_healthy(30)
+    await expect_region(alice, "eu-west")
+    await send(alice, "bob", texts["after"])
+    await expect(history.last).to_have_text(texts["after"], timeout=TIMEOUT_MS)
+
+    sent = list(texts.values())
+    moves = await alice.evaluate("state.moves")
+    assert [m["reason"] for m in moves][:3] == ["start", "no pong", "failback"]
+    assert moves[4]["reason"] == "failback"
+    assert [m["to"] for m in moves] == [
+        "eu-west",
+        "us-east",
+        "eu-west",
+        "us-east",
+        "eu-west",
+    ]
+    assert moves[3]["reason"].startswith("closed with code")
+    assert await shown_texts(bob, "dm:alice:bob") == sent
+    await expect(alice.locator("#messages li.pending")).to_have_count(0)
+    assert await shown_texts(alice, "dm:alice:bob") == sent
+    assert errors == []
+
+
+async def test_page_keeps_order_through_rate_limit(
+    mesh: Mesh, browser: Browser
+) -> None:
+    errors: list[str] = []
+    carol = await open_page(browser, region_http_url(mesh, "eu-west"), errors)
+    dave = await open_page(browser, region_http_url(mesh, "us-east"), errors)
+    await sign_in(carol, "carol")
+    await sign_in(dave, "dave")
+    prefix = unique("burst")
+    count = 40  # twice the default burst of 20 messages per connection
+
+    # Written faster than the edge's limit allows: the page must wait for
+    # the edge and send the rest later, in order.
+    await carol.evaluate(
+        f"for (let i = 0; i < {count}; i++) sendMessage('dave', '{prefix}-' + i)"
+    )
+    await dave.click('#conversations li[data-conversation="dm:carol:dave"]')
+    history = dave.locator("#messages li[data-seq] .content")
+    await expect(history.last).to_have_text(f"{prefix}-{count - 1}", timeout=TIMEOUT_MS)
+    burst = [t for t in await history.all_text_contents() if t.startswith(prefix)]
+
+    assert burst == [f"{prefix}-{i}" for i in range(count)]
+    await expect(carol.locator("#messages li.pending")).to_have_count(0)
+    assert "rate_limited" in (
+        await carol.locator("#compose-error").text_content() or ""
+    )
     assert errors == []

@@ -227,12 +227,9 @@ async def test_membership_changes_ordered_with_messages(clients: Clients) -> Non
     await alice.send_to_group(group, "before")
     await wait_text(bob, "before")
     removed = await alice.group("remove", group, user="bob")
-    after_removal = await alice.send_to_group(group, "after removal")
-    # A post is ordered when it commits, not when the region accepts it, so
-    # the test waits for the commit before the next membership change.
-    await alice.wait_for(
-        lambda e: isinstance(e, CommittedEvent) and e.id == after_removal.id
-    )
+    # The edge forwards the add only once the post before it is committed,
+    # so the post comes before carol's membership without a wait here.
+    await alice.send_to_group(group, "after removal")
     added = await alice.group("add", group, user="carol")
     last = await alice.send_to_group(group, "after carol joined")
     await alice.wait_for(lambda e: isinstance(e, CommittedEvent) and e.id == last.id)
@@ -254,6 +251,24 @@ async def test_membership_changes_ordered_with_messages(clients: Clients) -> Non
     carol_seqs = [m.seq for m in carol.shown if m.conversation == f"grp:{group}"]
     assert carol_seqs[0] == added.seq
     assert texts(carol, group) == ["after carol joined"]
+
+
+async def test_posts_precede_following_membership_change(clients: Clients) -> None:
+    group = new_group()
+    alice = await synced(clients, "alice", "eu-west")
+    await alice.group("create", group, members=["bob"])
+    changes = []
+    for round_ in range(5):
+        post = await alice.send_to_group(group, f"post {round_}")
+        op = "remove" if round_ % 2 == 0 else "add"
+        change = await alice.group(op, group, user="bob")
+        committed = await alice.wait_for(
+            lambda e, ref=post.id: isinstance(e, CommittedEvent) and e.id == ref
+        )
+        changes.append((committed.seq, change.seq))
+
+    for post_seq, change_seq in changes:
+        assert post_seq < change_seq
 
 
 async def test_removed_member_post_rejected_after_acceptance(clients: Clients) -> None:

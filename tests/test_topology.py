@@ -158,6 +158,22 @@ def test_rendered_configs(tmp_path: Path) -> None:
     assert "password-of" not in json.dumps(hub)
 
 
+def test_benchmark_subjects_cross_leaf_links_only_when_on(tmp_path: Path) -> None:
+    bench = "chatmesh.bench.>"
+    for enabled in (False, True):
+        raw = base()
+        raw["links"] = {"benchmark_subjects": enabled}
+        topology = resolve_ports(parse_topology(raw))
+        hub = hub_node_config(
+            topology, topology.hub.nodes[0], tmp_path, passwords_for(topology)
+        )
+        users = {u["user"]: u for u in hub["accounts"]["APP"]["users"]}
+        link = users["leaf-eu-west"]["permissions"]
+
+        assert (bench in link["publish"]["allow"]) is enabled
+        assert (bench in link["subscribe"]["allow"]) is enabled
+
+
 def test_three_node_hub_has_routes(tmp_path: Path) -> None:
     raw = base()
     raw["hub"] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from core.ids import (
 from core.schema import StoredMessage, SyncRequest
 from core.store.sqlite import SqliteStore
 from edge.affinity import owner_edge
+from edge.uncommitted import UncommittedPosts
 
 
 class FakeClock:
@@ -103,3 +105,36 @@ async def _append(
         client_msg_id=f"{conversation}-{seq}".replace(":", "-"),
     )
     await store.append_message(message, [UserId(sender), UserId(recipient)])
+
+
+async def test_uncommitted_posts_wait_for_settle() -> None:
+    posts = UncommittedPosts()
+    assert await posts.drained("alice", "g", timeout_s=0.01)
+
+    posts.add("alice", "g", "m1")
+    posts.add("alice", "g", "m2")
+    posts.add("alice", "h", "m3")
+    posts.add("bob", "g", "m1")
+    waiter = asyncio.create_task(posts.drained("alice", "g", timeout_s=5.0))
+    posts.settle("alice", "m1")
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    posts.settle("alice", "m2")
+
+    assert await waiter
+    assert posts.count("alice") == 1
+    assert posts.count("bob") == 1
+
+
+async def test_uncommitted_posts_forgotten_after_timeout() -> None:
+    posts = UncommittedPosts(forget_after_s=0.05)
+    posts.add("alice", "g", "lost")
+
+    assert not await posts.drained("alice", "g", timeout_s=0.01)
+    assert posts.count("alice") == 0
+    posts.add("alice", "g", "old")
+    await asyncio.sleep(0.06)
+    posts.add("alice", "g", "new")
+    assert posts.count("alice") == 1
+    posts.clear()
+    assert await posts.drained("alice", "g", timeout_s=0.01)

@@ -239,6 +239,9 @@ class Links(_Frozen):
     host: str = "127.0.0.1"
     # The proxy's HTTP control API; 0 picks a free port.
     control_port: Port = 0
+    # When on, leaf links also carry the bare-NATS benchmark's subjects
+    # (`chatmesh.bench.>`). Benchmark meshes turn it on; production has no use.
+    benchmark_subjects: bool = False
 
 
 class Topology(_Frozen):

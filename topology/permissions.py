@@ -59,7 +59,7 @@ def edge_permissions(region: str, edge: str) -> Permissions:
         # both forms that nats-server 2.15 subscribes to.
         f"$JS.FC.{deliver}.>",
         f"$JS.FC.{region}.*.{deliver}.>",
-        # The delivery watchdog checks that the hub's DELIVER answers.
+        # The delivery watchdog reads the hub DELIVER stream's info.
         *_js_api(subjects.HUB_DOMAIN, [f"STREAM.INFO.{subjects.HUB_DELIVER_STREAM}"]),
     ]
     subscribe = [
@@ -98,8 +98,13 @@ def core_permissions(topology: Topology) -> Permissions:
     }
 
 
-def leaf_link_permissions(region: Region) -> Permissions:
+def leaf_link_permissions(
+    region: Region, benchmark_subjects: bool = False
+) -> Permissions:
     """Return the permissions of a region's leaf node on its link to the hub.
+
+    With `benchmark_subjects`, the link also carries the bare-NATS
+    benchmark's subjects both ways.
 
     Sourcing uses subjects that nats-server 2.15 names with random tokens:
     `$JS.S.<id>` for the messages a source consumer pushes and `$JSC.R.<id>`
@@ -139,6 +144,9 @@ def leaf_link_permissions(region: Region) -> Permissions:
         "$JS.S.*",
         "$LDS.>",
     ]
+    if benchmark_subjects:
+        publish.append(f"{subjects.BENCHMARK_PREFIX}.>")
+        subscribe.append(f"{subjects.BENCHMARK_PREFIX}.>")
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 

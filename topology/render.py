@@ -64,7 +64,11 @@ def hub_node_config(
         _user(CORE_USER, passwords, core_permissions(topology)),
         _user(OPS_USER, passwords),
         *[
-            _user(leaf_user(r.name), passwords, leaf_link_permissions(r))
+            _user(
+                leaf_user(r.name),
+                passwords,
+                leaf_link_permissions(r, topology.links.benchmark_subjects),
+            )
             for r in topology.regions
         ],
     ]

@@ -28,6 +28,8 @@ from chatmesh.benchmarks.clients import (
 from chatmesh.benchmarks.delay_proxy import DelayProxy
 from chatmesh.benchmarks.load import Plan
 from chatmesh.paths import read_endpoints
+from core import subjects
+from core.errors import ChatmeshError
 from core.natsconn import NatsAuth
 from edge.affinity import owner_edge
 from topology.credentials import OPS_USER, client_auth
@@ -49,7 +51,10 @@ TARGETS = ("mesh", "relay", "nats")
 
 
 def with_free_ports(topology: Topology) -> Topology:
-    """Return `topology` on free ports and without per-client rate limits."""
+    """Return `topology` on free ports, without per-client rate limits.
+
+    Its leaf links carry the bare-NATS baseline's subjects.
+    """
     data = topology.model_dump()
     for node in data["hub"]["nodes"]:
         for key in ("client_port", "cluster_port", "leaf_port", "monitor_port"):
@@ -61,6 +66,7 @@ def with_free_ports(topology: Topology) -> Topology:
             edge["port"] = 0
     data["core"]["metrics_port"] = 0
     data["limits"].update(unthrottled_rates())
+    data["links"]["benchmark_subjects"] = True
     return parse_topology(data)
 
 
@@ -232,7 +238,14 @@ async def nats_target(
     mut: MeshUnderTest, plan: Plan, recorder: Recorder, window: int
 ) -> Target:
     """Clients on the mesh's leaf nodes, so cross-region messages cross the hub."""
-    prefix = f"bench.{uuid.uuid4().hex[:8]}"
+    if not mut.topology.links.benchmark_subjects:
+        raise ChatmeshError(
+            "the mesh's leaf links do not carry the bare-NATS baseline's "
+            f"subjects ({subjects.BENCHMARK_PREFIX}.>); set "
+            "links.benchmark_subjects: true in its topology, or run the "
+            "benchmark without --run-dir so that it starts a mesh of its own"
+        )
+    prefix = f"{subjects.BENCHMARK_PREFIX}.{uuid.uuid4().hex[:8]}"
     nats_clients = [
         NatsClient(mut.leaf_url(i), prefix, user, recorder, window, mut.nats_auth)
         for i, user in enumerate(plan.users)

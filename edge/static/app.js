@@ -1,33 +1,93 @@
-// The chatmesh web page: development sign-in, then chat over the edge's
+// The chatmesh web page: development sign-in, then chat over an edge's
 // WebSocket (/v1/ws) with the protocol in docs/protocol.md.
 //
 // The page keeps one cursor per conversation. After every (re)connect it
 // sends a sync frame with those cursors, so nothing sent meanwhile is missed,
 // and it keys messages by sequence number, so nothing is shown twice.
+//
+// Sending: messages wait in `pendingSends` until their commit arrives. The
+// page sends them in order, one at a time: the next goes out when the edge
+// has accepted the one before. So a sender's messages are committed in the
+// order they were written, whichever region commits them.
+//
+// Failover: the page reads the regions, nearest first, from GET /v1/regions.
+// When its connection fails it moves to the next region, with exponential
+// backoff and full jitter between attempts, and sends the messages not yet
+// committed again, in order and with their ids, so each is stored once. It
+// pings every 2 s and leaves an edge whose pong is 5 s late. While away
+// from the nearest region it probes that region's health URL and moves back
+// after two healthy probes in a row.
 "use strict";
 
 const STORAGE_KEY = "chatmesh.sign-in";
-const BACKOFF_MIN_MS = 500;
-const BACKOFF_MAX_MS = 10000;
+const BACKOFF_MIN_MS = 200;
+const BACKOFF_MAX_MS = 5000;
+const CONNECT_TIMEOUT_MS = 5000;
+const REGIONS_TIMEOUT_MS = 5000;
+// A session that lasted this long counts as stable: the next loss starts
+// the backoff from its first step again.
+const STABLE_SESSION_MS = 10000;
+const PING_INTERVAL_MS = 2000;
+// The edge handles frames in order, so a pong may wait behind a sync or a
+// group request (each up to a few seconds when the core is slow).
+const PING_TIMEOUT_MS = 5000;
+const PROBE_INTERVAL_MS = 2000;
+const PROBE_INTERVAL_MAX_MS = 60000;
+const PROBE_TIMEOUT_MS = 1000;
+const HEALTHY_PROBES = 2;
+// After this many sends in a row rejected as `unavailable`, leave the region.
+const UNAVAILABLE_LIMIT = 3;
 const CLOSE_INVALID_TOKEN = 4001;
 const CLOSE_WRONG_EDGE = 4009;
+// "Service restart": the edge serves again at once, so stay in the region.
+const CLOSE_SERVICE_RESTART = 1012;
+// Sent by the page when it gives up on a connection.
+const CLOSE_GOING_AWAY = 4000;
 
 const state = {
   user: null,
   token: null,
-  socket: null,
-  socketUrl: null,
   signedIn: false,
-  backoffMs: BACKOFF_MIN_MS,
-  reconnectTimer: null,
+  // Counts sign-ins, so work started for an earlier one stops.
+  generation: 0,
+  socket: null,
+  // Regions nearest first, each {name, edges: [{name, url, health_url}]}.
+  regions: [],
+  // True while the page could not read the regions and uses its own edge.
+  regionsUnknown: false,
+  // Region name -> the edge URL that last served this user there.
+  edgeInRegion: {},
+  // The region of the open session, once its hello arrived.
+  region: null,
+  onlineSince: 0,
+  // Connection attempts not yet tried, each {region, url}.
+  plan: [],
+  attempt: 0,
+  connectTimer: null,
+  pingTimer: null,
+  pongTimer: null,
+  probeTimer: null,
+  syncTimer: null,
+  sendTimer: null,
+  healthyProbes: 0,
+  // Moves back to the nearest region that ended somewhere else, in a row.
+  failedFailbacks: 0,
+  failingBack: false,
+  unavailableSends: 0,
+  syncFailures: 0,
+  // Why each connection was lost: {from, to, reason}, newest last.
+  moves: [],
   syncing: false,
   // conversation id -> highest seq such that the page has 1..seq (or
   // everything the server let it read up to seq)
   cursors: {},
   // conversation id -> Map(seq -> message view)
   conversations: new Map(),
-  // client message id -> {to, content}, until the commit arrives
+  // client message id -> {to, content, accepted}, in the order written,
+  // until the commit arrives. `accepted` is the socket that accepted it.
   pendingSends: new Map(),
+  // The id of the send waiting for its `accepted`, or null.
+  inFlight: null,
   selected: null,
 };
 
@@ -57,86 +117,424 @@ async function signIn(user) {
   start(body.user, body.token);
 }
 
-function start(user, token) {
+async function start(user, token) {
+  resetSession();
+  const generation = state.generation;
   state.user = user;
   state.token = token;
   state.signedIn = true;
-  state.socketUrl = defaultSocketUrl();
   $("me").textContent = user;
   $("sign-in-view").hidden = true;
   $("chat-view").hidden = false;
   $("sign-out").hidden = false;
   render();
-  connect();
+  setStatus("connecting", "connecting");
+  const regions = await loadRegions();
+  if (state.generation !== generation || !state.signedIn) {
+    return;
+  }
+  useRegions(regions);
+  planRound(null, null);
+  tryNext();
 }
 
 function signOut(reason) {
-  state.signedIn = false;
-  clearTimeout(state.reconnectTimer);
-  if (state.socket) {
-    state.socket.close(1000, "signed out");
-  }
+  resetSession();
   sessionStorage.removeItem(STORAGE_KEY);
-  state.cursors = {};
-  state.conversations = new Map();
-  state.pendingSends = new Map();
-  state.selected = null;
   $("me").textContent = "";
   $("sign-out").hidden = true;
   $("chat-view").hidden = true;
   $("sign-in-view").hidden = false;
   $("sign-in-error").textContent = reason || "";
   setStatus("signed-out", "signed out");
+  delete $("status").dataset.region;
 }
 
-// ---- connection ------------------------------------------------------------
+// Forget the signed-in user: close the socket and stop every timer.
+function resetSession() {
+  state.generation += 1;
+  state.signedIn = false;
+  stopTimers();
+  clearTimeout(state.sendTimer);
+  if (state.socket) {
+    abandon(state.socket, "signed out");
+  }
+  Object.assign(state, {
+    regions: [],
+    regionsUnknown: false,
+    edgeInRegion: {},
+    region: null,
+    plan: [],
+    attempt: 0,
+    failedFailbacks: 0,
+    failingBack: false,
+    unavailableSends: 0,
+    syncFailures: 0,
+    moves: [],
+    syncing: false,
+    cursors: {},
+    conversations: new Map(),
+    pendingSends: new Map(),
+    inFlight: null,
+    selected: null,
+  });
+}
+
+// ---- regions ---------------------------------------------------------------
 
 function defaultSocketUrl() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   return `${scheme}://${location.host}/v1/ws`;
 }
 
-function connect() {
-  setStatus("connecting", "connecting");
-  const socket = new WebSocket(state.socketUrl);
+// The regions, nearest to the edge that served this page first, or null if
+// the edge did not list them.
+async function loadRegions() {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), REGIONS_TIMEOUT_MS);
+  try {
+    const reply = await fetch("/v1/regions", { cache: "no-store", signal: abort.signal });
+    if (!reply.ok) {
+      console.warn(`GET /v1/regions returned ${reply.status}; trying again later`);
+      return null;
+    }
+    const body = await reply.json();
+    const regions = (Array.isArray(body.regions) ? body.regions : []).filter(
+      (r) => Array.isArray(r.edges) && r.edges.length > 0,
+    );
+    // The page reaches its own edge the way it reached the page, which may
+    // be through a proxy; the listed URLs are for other regions.
+    const own = regions.find((r) => r.name === body.region);
+    if (own) {
+      own.edges = [
+        { name: null, url: defaultSocketUrl(), health_url: `${location.origin}/healthz` },
+        ...own.edges,
+      ];
+    }
+    return regions.length > 0 ? regions : null;
+  } catch (error) {
+    console.warn(`GET /v1/regions failed (${error}); trying again later`);
+    return null;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// Without the list the page still works, with this page's edge as its only
+// region, and reads the list again after the next connect.
+function useRegions(regions) {
+  state.regionsUnknown = regions === null;
+  state.regions = regions || [
+    {
+      name: null,
+      edges: [{ name: null, url: defaultSocketUrl(), health_url: `${location.origin}/healthz` }],
+    },
+  ];
+}
+
+function nearestRegion() {
+  return state.regions[0].name;
+}
+
+// A page served over https may only open wss:// sockets.
+function secureUrl(url) {
+  return location.protocol === "https:" ? url.replace(/^ws:/, "wss:") : url;
+}
+
+// Plan one round of attempts: `first` region first, the `failed` one last,
+// the rest nearest first; in each region the edge that served last first.
+function planRound(first, failed) {
+  const ordered = [
+    ...state.regions.filter((r) => r.name === first),
+    ...state.regions.filter((r) => r.name !== first && r.name !== failed),
+    ...state.regions.filter((r) => r.name === failed && r.name !== first),
+  ];
+  const plan = [];
+  for (const region of ordered) {
+    const known = state.edgeInRegion[region.name];
+    const urls = new Set([...(known ? [known] : []), ...region.edges.map((e) => e.url)]);
+    for (const url of urls) {
+      plan.push({ region: region.name, url: secureUrl(url) });
+    }
+  }
+  state.plan = plan;
+}
+
+// ---- connection ------------------------------------------------------------
+
+// Full jitter: a uniform delay up to a cap that doubles with each attempt,
+// so many pages cut off at once do not all return at once.
+function backoffMs(attempt) {
+  if (attempt === 0) {
+    return 0;
+  }
+  const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** (attempt - 1));
+  return Math.round(Math.random() * cap);
+}
+
+function tryNext() {
+  if (!state.signedIn) {
+    return;
+  }
+  if (state.plan.length === 0) {
+    planRound(null, null);
+  }
+  const candidate = state.plan.shift();
+  const delayMs = backoffMs(state.attempt);
+  state.attempt += 1;
+  const where = candidate.region || "this edge";
+  setStatus("reconnecting", `connecting to ${where} in ${(delayMs / 1000).toFixed(1)} s`);
+  clearTimeout(state.connectTimer);
+  state.connectTimer = setTimeout(() => open(candidate), delayMs);
+}
+
+function open(candidate) {
+  if (!state.signedIn) {
+    return;
+  }
+  if (state.socket) {
+    abandon(state.socket, "replaced");
+  }
+  setStatus("connecting", `connecting to ${candidate.region || "this edge"}`);
+  let socket;
+  try {
+    socket = new WebSocket(candidate.url);
+  } catch (error) {
+    console.warn(`cannot open a WebSocket to ${candidate.url}: ${error}`);
+    tryNext();
+    return;
+  }
+  socket.candidate = candidate;
+  socket.helloed = false;
   state.socket = socket;
   socket.onopen = () => socket.send(JSON.stringify({ type: "auth", token: state.token }));
-  socket.onmessage = (message) => handleEvent(JSON.parse(message.data));
+  socket.onmessage = (message) => {
+    if (state.socket === socket) {
+      handleEvent(socket, JSON.parse(message.data));
+    }
+  };
   socket.onclose = (close) => onClose(socket, close);
+  clearTimeout(state.connectTimer);
+  state.connectTimer = setTimeout(() => {
+    if (state.socket === socket && !socket.helloed) {
+      abandon(socket, "connect timeout");
+      tryNext();
+    }
+  }, CONNECT_TIMEOUT_MS);
+}
+
+// Stop using `socket` at once; its close event, when it comes, is ignored.
+function abandon(socket, reason) {
+  if (state.socket === socket) {
+    state.socket = null;
+  }
+  socket.onclose = null;
+  socket.onmessage = null;
+  try {
+    socket.close(CLOSE_GOING_AWAY, reason);
+  } catch (error) {
+    console.warn(`closing the WebSocket failed: ${error}`);
+  }
+}
+
+function stopTimers() {
+  clearTimeout(state.connectTimer);
+  clearInterval(state.pingTimer);
+  clearTimeout(state.pongTimer);
+  clearTimeout(state.probeTimer);
+  clearTimeout(state.syncTimer);
+  state.pongTimer = null;
+}
+
+async function onOpened(socket, hello) {
+  socket.helloed = true;
+  clearTimeout(state.connectTimer);
+  const from = state.region;
+  const region = socket.candidate.region;
+  state.region = region;
+  state.onlineSince = Date.now();
+  state.unavailableSends = 0;
+  state.syncFailures = 0;
+  state.inFlight = null;
+  state.edgeInRegion[region] = socket.candidate.url;
+  const nearest = nearestRegion();
+  if (region === nearest) {
+    state.failedFailbacks = 0;
+  } else if (state.failingBack) {
+    state.failedFailbacks += 1;
+  }
+  state.failingBack = false;
+
+  const away = region !== nearest ? `, away from ${nearest}` : "";
+  setStatus("online", `online at ${hello.edge} (${hello.region}${away})`);
+  $("status").dataset.region = region || "";
+  startPings(socket);
+  if (region !== nearest) {
+    scheduleProbe();
+  }
+
+  const last = state.moves[state.moves.length - 1];
+  if (last && last.to === null) {
+    last.to = region;
+  } else if (!last) {
+    state.moves.push({ from, to: region, reason: "start" });
+  }
+  if (state.regionsUnknown) {
+    const generation = state.generation;
+    const regions = await loadRegions();
+    if (regions !== null && state.generation === generation) {
+      useRegions(regions);
+    }
+  }
+}
+
+// The session on `socket` is over: connect again, in the same region after a
+// service restart, elsewhere otherwise.
+function lose(socket, reason, code) {
+  const region = socket.candidate.region;
+  const wasOnline = socket.helloed;
+  stopTimers();
+  if (state.socket === socket) {
+    state.socket = null;
+  }
+  state.syncing = false;
+  state.inFlight = null;
+  if (!state.signedIn) {
+    return;
+  }
+  if (!wasOnline) {
+    // The attempt failed before the hello: try the next candidate.
+    tryNext();
+    return;
+  }
+  // Back off from the first step after a stable session, and keep growing
+  // the delay while sessions keep dropping soon after they start.
+  const stable = Date.now() - state.onlineSince >= STABLE_SESSION_MS;
+  state.attempt = stable ? 1 : Math.max(state.attempt, 1);
+  state.moves.push({ from: region, to: null, reason });
+  delete $("status").dataset.region;
+  console.info(`connection to ${region} lost: ${reason}`);
+  if (code === CLOSE_SERVICE_RESTART) {
+    planRound(region, null);
+  } else {
+    planRound(null, region);
+  }
+  tryNext();
 }
 
 function onClose(socket, close) {
   if (state.socket !== socket) {
     return;
   }
-  state.socket = null;
-  state.syncing = false;
-  if (!state.signedIn) {
-    return;
-  }
   if (close.code === CLOSE_INVALID_TOKEN) {
     signOut("The edge rejected the token; sign in again.");
     return;
   }
-  if (close.code === CLOSE_WRONG_EDGE && close.reason) {
-    // The close reason is the WebSocket URL of the edge that serves this user.
-    state.socketUrl = close.reason;
-    connect();
+  if (close.code === CLOSE_WRONG_EDGE && close.reason && !socket.candidate.redirected) {
+    // The close reason is the WebSocket URL of the edge that serves this
+    // user in the same region. One redirect per attempt, so two edges that
+    // disagree do not send the page back and forth.
+    stopTimers();
+    state.socket = null;
+    const region = socket.candidate.region;
+    state.edgeInRegion[region] = close.reason;
+    state.plan.unshift({ region, url: secureUrl(close.reason), redirected: true });
+    tryNext();
     return;
   }
-  scheduleReconnect();
+  lose(socket, `closed with code ${close.code}`, close.code);
 }
 
-function scheduleReconnect() {
-  // Full jitter, so many pages cut off at once do not return at once.
-  const delayMs = Math.round(Math.random() * state.backoffMs);
-  state.backoffMs = Math.min(state.backoffMs * 2, BACKOFF_MAX_MS);
-  setStatus("reconnecting", `reconnecting in ${(delayMs / 1000).toFixed(1)} s`);
-  state.reconnectTimer = setTimeout(connect, delayMs);
+// ---- heartbeats and failback -------------------------------------------------
+
+function startPings(socket) {
+  clearInterval(state.pingTimer);
+  state.pingTimer = setInterval(() => {
+    if (state.socket !== socket || state.pongTimer !== null) {
+      return;
+    }
+    send({ type: "ping" });
+    state.pongTimer = setTimeout(() => {
+      if (state.socket === socket) {
+        abandon(socket, "no pong");
+        lose(socket, "no pong", CLOSE_GOING_AWAY);
+      }
+    }, PING_TIMEOUT_MS);
+  }, PING_INTERVAL_MS);
+}
+
+function onPong() {
+  clearTimeout(state.pongTimer);
+  state.pongTimer = null;
+}
+
+// Each move back that ended in another region doubles the wait, so a region
+// that passes its health check but cannot serve is not retried too often.
+function scheduleProbe() {
+  clearTimeout(state.probeTimer);
+  state.healthyProbes = 0;
+  const intervalMs = Math.min(
+    PROBE_INTERVAL_MS * 2 ** state.failedFailbacks,
+    PROBE_INTERVAL_MAX_MS,
+  );
+  const probe = async () => {
+    const socket = state.socket;
+    if (!socket || state.region === nearestRegion()) {
+      return;
+    }
+    const healthy = await nearestHealthy();
+    if (state.socket !== socket) {
+      return;
+    }
+    state.healthyProbes = healthy ? state.healthyProbes + 1 : 0;
+    if (state.healthyProbes >= HEALTHY_PROBES) {
+      failBack(socket);
+      return;
+    }
+    state.probeTimer = setTimeout(probe, intervalMs);
+  };
+  state.probeTimer = setTimeout(probe, intervalMs);
+}
+
+async function nearestHealthy() {
+  const nearest = state.regions[0];
+  const known = state.edgeInRegion[nearest.name];
+  const url = known ? healthUrlOf(known) : nearest.edges[0].health_url;
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), PROBE_TIMEOUT_MS);
+  try {
+    const reply = await fetch(url, { cache: "no-store", signal: abort.signal });
+    return reply.ok;
+  } catch (error) {
+    return false;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function healthUrlOf(socketUrl) {
+  const url = new URL(socketUrl);
+  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+  url.pathname = "/healthz";
+  return url.toString();
+}
+
+function failBack(socket) {
+  const from = state.region;
+  console.info(`moving back from ${from} to ${nearestRegion()}`);
+  abandon(socket, "failback");
+  stopTimers();
+  state.inFlight = null;
+  state.moves.push({ from, to: null, reason: "failback" });
+  delete $("status").dataset.region;
+  state.attempt = 0;
+  state.failingBack = true;
+  planRound(nearestRegion(), null);
+  tryNext();
 }
 
 function send(frame) {
-  if (state.socket && state.socket.readyState === WebSocket.OPEN) {
+  if (state.socket && state.socket.helloed && state.socket.readyState === WebSocket.OPEN) {
     state.socket.send(JSON.stringify(frame));
     return true;
   }
@@ -144,35 +542,56 @@ function send(frame) {
 }
 
 function requestSync() {
+  clearTimeout(state.syncTimer);
   if (send({ type: "sync", cursors: state.cursors })) {
     state.syncing = true;
   }
 }
 
+// A failed sync (the region may be cut off from the core) is tried again
+// with backoff while the connection lasts.
+function retrySync() {
+  state.syncing = false;
+  state.syncFailures += 1;
+  const socket = state.socket;
+  clearTimeout(state.syncTimer);
+  state.syncTimer = setTimeout(() => {
+    if (state.socket === socket) {
+      requestSync();
+    }
+  }, backoffMs(state.syncFailures));
+}
+
 // ---- events ----------------------------------------------------------------
 
-function handleEvent(event) {
+function handleEvent(socket, event) {
   switch (event.type) {
     case "hello":
-      state.backoffMs = BACKOFF_MIN_MS;
-      setStatus("online", `online at ${event.edge} (${event.region})`);
+      onOpened(socket, event);
       requestSync();
-      resendPending();
+      pumpSends();
       break;
     case "message":
       addMessage(event.message);
+      break;
+    case "accepted":
+      onAccepted(socket, event);
       break;
     case "committed":
       onCommitted(event);
       break;
     case "synced":
+      state.syncFailures = 0;
       onSynced(event.cursors);
       break;
+    case "pong":
+      onPong();
+      break;
     case "error":
-      onError(event);
+      onError(socket, event);
       break;
     default:
-      // accepted, pong and event types this page does not use yet.
+      // Event types this page does not use yet.
       break;
   }
 }
@@ -182,7 +601,7 @@ function addMessage(message) {
   if (message.sender === state.user) {
     // A resent message the edge had already stored arrives as a message
     // event, not as a commit.
-    state.pendingSends.delete(message.client_msg_id);
+    settleSend(message.client_msg_id);
   }
   if (!state.conversations.has(conversation)) {
     state.conversations.set(conversation, new Map());
@@ -211,7 +630,7 @@ function advanceCursor(conversation) {
 
 function onCommitted(event) {
   const pending = state.pendingSends.get(event.id);
-  state.pendingSends.delete(event.id);
+  settleSend(event.id);
   if (!pending) {
     // Without the content the page cannot show it; the cursor stays, so the
     // next sync brings the message.
@@ -242,13 +661,33 @@ function onSynced(cursors) {
   render();
 }
 
-function onError(event) {
-  if (event.ref && state.pendingSends.has(event.ref)) {
-    state.pendingSends.delete(event.ref);
-    render();
-  }
+function onError(socket, event) {
   if (event.ref === "sync") {
-    state.syncing = false;
+    retrySync();
+  }
+  // Rate limits on bytes and some unavailable errors name no frame: they
+  // are about the send in flight, if any.
+  const aboutSend = event.code === "rate_limited" || event.code === "unavailable";
+  const ref = event.ref || (aboutSend ? state.inFlight : null);
+  const inFlight = ref !== null && ref === state.inFlight;
+  if (inFlight && event.code === "unavailable") {
+    // The region cannot store messages now: try the same message again
+    // after a backoff, and leave the region after a few failures in a row.
+    state.unavailableSends += 1;
+    if (state.unavailableSends >= UNAVAILABLE_LIMIT) {
+      abandon(socket, "sends unavailable");
+      lose(socket, "sends unavailable", CLOSE_GOING_AWAY);
+    } else {
+      retrySend(backoffMs(state.unavailableSends));
+    }
+  } else if (inFlight && event.code === "rate_limited") {
+    // The edge takes no more messages for a while: send the same one again
+    // once it does.
+    retrySend(event.retry_after_ms || 1000);
+  } else if (ref !== null && state.pendingSends.has(ref)) {
+    // Refused for good (unknown recipient, not a member, too large).
+    settleSend(ref);
+    render();
   }
   $("compose-error").textContent = `${event.code}: ${event.message}`;
 }
@@ -264,17 +703,59 @@ function newClientId() {
 function sendMessage(to, content) {
   $("compose-error").textContent = "";
   const id = newClientId();
-  state.pendingSends.set(id, { to, content });
-  // Without a connection the message waits; `resendPending` sends it on the
-  // next hello with the same id, which the edge stores once.
-  send({ type: "send", id, to, content });
+  state.pendingSends.set(id, { to, content, accepted: null });
+  pumpSends();
   selectConversation(directConversation(state.user, to));
   render();
 }
 
-function resendPending() {
+// Send the oldest message this connection has not accepted yet, unless a
+// send is in flight. Without a connection the messages wait; each goes out
+// later with the same id, so the store keeps one copy.
+function pumpSends() {
+  if (state.inFlight !== null || !state.socket || !state.socket.helloed) {
+    return;
+  }
   for (const [id, pending] of state.pendingSends) {
-    send({ type: "send", id, to: pending.to, content: pending.content });
+    if (pending.accepted === state.socket) {
+      continue;
+    }
+    if (send({ type: "send", id, to: pending.to, content: pending.content })) {
+      state.inFlight = id;
+    }
+    return;
+  }
+}
+
+function retrySend(delayMs) {
+  const socket = state.socket;
+  clearTimeout(state.sendTimer);
+  state.sendTimer = setTimeout(() => {
+    if (state.socket === socket) {
+      state.inFlight = null;
+      pumpSends();
+    }
+  }, delayMs);
+}
+
+function onAccepted(socket, event) {
+  state.unavailableSends = 0;
+  const pending = state.pendingSends.get(event.id);
+  if (pending) {
+    pending.accepted = socket;
+  }
+  if (event.id === state.inFlight) {
+    state.inFlight = null;
+    pumpSends();
+  }
+}
+
+// The message is committed or refused: forget it and send the next one.
+function settleSend(id) {
+  state.pendingSends.delete(id);
+  if (id === state.inFlight) {
+    state.inFlight = null;
+    pumpSends();
   }
 }
 
