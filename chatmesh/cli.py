@@ -73,11 +73,13 @@ async def _run_mesh(topology: Topology, run_dir: Path) -> None:
         supervisor = asyncio.create_task(mesh.supervise())
         await stop.wait()
     finally:
-        if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
-        mesh.stop()
+        try:
+            if supervisor is not None:
+                supervisor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await supervisor
+        finally:
+            mesh.stop()
 
 
 def _print_endpoints(mesh: Mesh, run_dir: Path) -> None:

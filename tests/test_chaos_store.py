@@ -125,12 +125,14 @@ def test_store_node_pause_resume_from_cli(store_mesh: Mesh) -> None:
     assert pid is not None
 
     paused = chaos_command(store_mesh, "pause", node.name)
-    assert paused.returncode == 0, paused.stderr
-    assert f"paused {node.name} (pid {pid})" in paused.stdout
-    assert process_state(pid) == "T"
-    assert not node.node.serves_cql(timeout_s=2.0)
-
-    resumed = chaos_command(store_mesh, "resume", node.name)
+    try:
+        assert paused.returncode == 0, paused.stderr
+        assert f"paused {node.name} (pid {pid})" in paused.stdout
+        assert process_state(pid) == "T"
+        assert not node.node.serves_cql(timeout_s=2.0)
+    finally:
+        # Resume even after a failed check: later tests need the node.
+        resumed = chaos_command(store_mesh, "resume", node.name)
     assert resumed.returncode == 0, resumed.stderr
     assert process_state(pid) != "T"
     assert node.node.serves_cql()
@@ -159,6 +161,10 @@ async def test_store_fault_keeps_every_message(
     check_report(report, scenario)
     assert report.late == 0
     assert report.fault.startswith(f"{signal_name} {node.name}")
+    # Commits stall while the store node is down, so some delivery waits
+    # for most of the fault: proof that the fault hit the store.
+    assert report.delivery_p99_s is not None
+    assert report.delivery_p99_s >= 0.8 * SHORT.fault_s
     if restarted:
         assert node.pid != pid_before, "the supervisor did not restart the node"
         check_recorded(store_mesh, node.name)
@@ -171,9 +177,7 @@ async def test_store_fault_keeps_every_message(
 async def test_killed_store_node_keeps_fresh_writes(store_mesh: Mesh) -> None:
     """Messages committed just before `chaos kill` are read back after the restart.
 
-    The kill follows the commits within about a second, well inside the
-    10 s commit log sync period, so the node must replay them from its
-    commit log.
+    The restarted node must replay at least those writes from its commit log.
     """
     node = store_mesh.store_processes[f"cql-{STORE_REGION}"]
     killed_pid = node.pid
@@ -188,7 +192,9 @@ async def test_killed_store_node_keeps_fresh_writes(store_mesh: Mesh) -> None:
         await wait_mesh_healthy(store_mesh, STORE_READY_TIMEOUT_S)
 
         assert node.pid != killed_pid, "the supervisor did not restart the node"
-        assert node.node.log_contains("Log replay complete")
+        replayed = node.node.replayed_mutations()
+        assert replayed is not None, "the restarted node replayed no commit log"
+        assert replayed >= HISTORY_SIZE
         check_recorded(store_mesh, node.name)
         # The core reads only from its own datacenter, whose one replica is
         # the restarted node: a sync from no cursors reads back its data.

@@ -255,8 +255,9 @@ class Chaos:
         if store.backend != "sqlite":
             raise ChaosError(
                 f"the store backend is {store.backend}; the write lock works on "
-                "SQLite only, so pause a store node instead (`chatmesh chaos "
-                "list` names them)"
+                "SQLite only; with local Cassandra nodes (store.scylla."
+                "local_nodes), pause a store node instead (`chatmesh chaos list` "
+                "names them)"
             )
         return StoreWriteLock(self.layout.data / store.sqlite_path)
 

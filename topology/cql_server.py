@@ -51,6 +51,8 @@ CASSANDRA_MAIN_CLASS: Final = "org.apache.cassandra.service.CassandraDaemon"
 RACKDC_FILE: Final = "cassandra-rackdc.properties"
 ANSI_ESCAPE: Final = re.compile(r"\x1b\[[0-9;]*m")
 INSTALL_JAVA_HINT: Final = "Debian: apt-get install openjdk-17-jre-headless"
+# How long `java -version` may take before the JVM counts as unusable.
+JAVA_VERSION_TIMEOUT_S: Final = 30.0
 # How long the supervisor's health check waits for a query on a running node.
 HEALTH_QUERY_TIMEOUT_S: Final = 2.0
 
@@ -205,9 +207,13 @@ def find_java() -> Path:
 def _java_major_version(java: Path) -> int:
     try:
         result = subprocess.run(
-            [str(java), "-version"], capture_output=True, text=True, check=True
+            [str(java), "-version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=JAVA_VERSION_TIMEOUT_S,
         )
-    except (OSError, subprocess.CalledProcessError) as error:
+    except (OSError, subprocess.SubprocessError) as error:
         raise CqlServerError(f"running {java} -version failed: {error}") from error
     match = re.search(r'version "(\d+)', result.stderr)
     if match is None:
@@ -474,6 +480,9 @@ class CqlNode:
             stdout=self._output,
             stderr=subprocess.STDOUT,
             cwd=self.spec.work_dir,
+            # Ctrl-C in a terminal then reaches the launcher only, which
+            # stops the store after the processes that use it.
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
@@ -513,6 +522,16 @@ class CqlNode:
     def log_contains(self, text: str) -> bool:
         """Return whether the output since the latest `start()` contains `text`."""
         return text in self._output_since_start()
+
+    def replayed_mutations(self) -> int | None:
+        """Return how many commit log mutations the latest start replayed.
+
+        None if the log since that start has no replay line yet.
+        """
+        found = re.findall(
+            r"Log replay complete, (\d+) replayed mutations", self._output_since_start()
+        )
+        return int(found[-1]) if found else None
 
     def _output_since_start(self) -> str:
         with self.log_path.open("rb") as handle:
@@ -622,7 +641,7 @@ class CqlNodeProcess:
     """A started `CqlNode` with the interface of the launcher's supervisor.
 
     A start after the first keeps the node's data, so a node that was killed
-    replays its commit log and rejoins the cluster with its own token.
+    replays its commit log and serves CQL again.
     """
 
     def __init__(self, node: CqlNode) -> None:
@@ -642,13 +661,22 @@ class CqlNodeProcess:
         return self.node.is_running()
 
     def start(self) -> None:
-        self.node.start(keep_data=True)
+        """Start the node again on its data; raise `ProcessFailed` if it cannot."""
+        try:
+            self.node.start(keep_data=True)
+        except (CqlServerError, OSError, subprocess.SubprocessError) as exc:
+            raise ProcessFailed(
+                f"cannot start CQL node {self.name}: {exc}; its log is {self.log_path}"
+            ) from exc
 
     async def wait_healthy(self, timeout_s: float) -> None:
         """Wait until the node serves CQL; raise `ProcessFailed` if it does not."""
         try:
             await asyncio.to_thread(self.node.wait_ready, timeout_s)
         except CqlServerError as exc:
+            # A node that never became ready is stopped, so that the
+            # supervisor's next attempt starts it afresh.
+            self.node.stop()
             raise ProcessFailed(str(exc)) from exc
 
     async def check_health(self) -> bool:

@@ -9,6 +9,7 @@ file.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
 import socket
@@ -36,7 +37,6 @@ from topology.credentials import (
 from topology.model import Edge, Region, Topology
 from topology.processes import (
     ManagedProcess,
-    ProcessFailed,
     Supervised,
     process_start_ticks,
 )
@@ -403,47 +403,81 @@ class Mesh:
     async def supervise(self) -> None:
         """Restart every process that exits, once any chaos hold on it has passed.
 
-        Runs until cancelled, restarting in start order so that a store node
-        comes back before the core and a leaf before its edges. A process
-        that does not become healthy is tried again after a growing delay.
+        Runs until cancelled, restarting in start order so that a leaf comes
+        back before its edges. A store node restarts in a task of its own,
+        because replaying its commit log can take minutes, and the others do
+        not wait for it. A process that does not become healthy is tried
+        again after a growing delay.
         """
         failures: dict[str, int] = {}
         not_before: dict[str, float] = {}
         reported: set[str] = set()
-        while True:
-            for name, proc in self.supervised().items():
-                if proc.running():
-                    continue
-                if name not in reported:
-                    reported.add(name)
-                    log.warning(
-                        "mesh.process_exited", process=name, returncode=proc.returncode
-                    )
-                now = time.time()
-                if hold_until(self.layout, name) > now or not_before.get(name, 0) > now:
-                    continue
-                try:
-                    await self._start_again(name)
-                except ProcessFailed as exc:
-                    failures[name] = failures.get(name, 0) + 1
-                    delay_s = min(2.0 ** failures[name], RESTART_BACKOFF_MAX_S)
-                    not_before[name] = time.time() + delay_s
-                    log.error(
-                        "mesh.restart_failed",
-                        process=name,
-                        attempt=failures[name],
-                        retry_in_s=delay_s,
-                        error=str(exc).splitlines()[0],
-                    )
-                    continue
-                failures.pop(name, None)
-                reported.discard(name)
-            await asyncio.sleep(SUPERVISE_INTERVAL_S)
+        store_restarts: dict[str, asyncio.Task[None]] = {}
+        try:
+            while True:
+                for name, proc in self.supervised().items():
+                    if name in store_restarts or proc.running():
+                        continue
+                    now = time.time()
+                    if name not in reported:
+                        reported.add(name)
+                        log.warning(
+                            "mesh.process_exited",
+                            process=name,
+                            returncode=proc.returncode,
+                        )
+                    if hold_until(self.layout, name) > now:
+                        continue
+                    if not_before.get(name, 0) > now:
+                        continue
+                    restart = self._restart(name, failures, not_before, reported)
+                    if self.roles[name].kind == "store":
+                        task = asyncio.create_task(restart)
+                        store_restarts[name] = task
+                        task.add_done_callback(
+                            functools.partial(_forget_task, store_restarts, name)
+                        )
+                    else:
+                        await restart
+                await asyncio.sleep(SUPERVISE_INTERVAL_S)
+        finally:
+            for task in store_restarts.values():
+                task.cancel()
+
+    async def _restart(
+        self,
+        name: str,
+        failures: dict[str, int],
+        not_before: dict[str, float],
+        reported: set[str],
+    ) -> None:
+        """Start `name` again; on failure, set when the next attempt may come."""
+        try:
+            await self._start_again(name)
+        except Exception as exc:
+            failures[name] = failures.get(name, 0) + 1
+            delay_s = min(2.0 ** failures[name], RESTART_BACKOFF_MAX_S)
+            not_before[name] = time.time() + delay_s
+            log.error(
+                "mesh.restart_failed",
+                process=name,
+                attempt=failures[name],
+                retry_in_s=delay_s,
+                error=str(exc).splitlines()[0] if str(exc) else repr(exc),
+                log_path=str(self.supervised()[name].log_path),
+            )
+            return
+        failures.pop(name, None)
+        reported.discard(name)
 
     async def _start_again(self, name: str) -> None:
         proc = self.supervised()[name]
         log.info("mesh.process_restarting", process=name)
-        proc.start()
+        if self.roles[name].kind == "store":
+            # Finding Java runs `java -version`: keep it off the event loop.
+            await asyncio.to_thread(proc.start)
+        else:
+            proc.start()
         self.record_processes()
         await proc.wait_healthy(self._ready_timeout(name))
         log.info("mesh.process_restarted", process=name)
@@ -542,3 +576,9 @@ def _http_ok(url: str) -> Callable[[], Awaitable[bool]]:
             return (await client.get(url)).status_code == 200
 
     return healthy
+
+
+def _forget_task(
+    tasks: dict[str, asyncio.Task[None]], name: str, _: asyncio.Task[None]
+) -> None:
+    tasks.pop(name, None)

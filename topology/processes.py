@@ -33,6 +33,7 @@ class Supervised(Protocol):
     """The calls that the launcher's supervisor makes on a process it restarts."""
 
     name: str
+    log_path: Path
 
     @property
     def pid(self) -> int | None: ...

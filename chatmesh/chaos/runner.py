@@ -168,7 +168,8 @@ async def wait_mesh_healthy(mesh: Mesh, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise ChaosError(
                 f"the mesh did not recover within {timeout_s:.0f} s; unhealthy: "
-                f"{', '.join(unhealthy)}; see the logs in {mesh.layout.logs}"
+                f"{', '.join(unhealthy)}; see their logs: "
+                + ", ".join(str(processes[name].log_path) for name in unhealthy)
             )
         await asyncio.sleep(HEALTH_POLL_S)
 

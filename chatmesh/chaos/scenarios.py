@@ -117,7 +117,7 @@ class Scenario:
             return (
                 "a SQLite store runs inside the core worker's process, so it has "
                 "no node of its own to kill (core-dies kills the core worker); "
-                "it needs store.backend scylla"
+                "run it with --store scylla (or store.backend: scylla)"
             )
         needs_store = self.needs_store_fault or self.needs_store_node
         if needs_store and store.backend == "scylla" and not store.scylla.local_nodes:
