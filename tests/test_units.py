@@ -20,6 +20,7 @@ from core.schema import StoredMessage, SyncRequest
 from core.store.sqlite import SqliteStore
 from edge.affinity import owner_edge
 from edge.uncommitted import UncommittedPosts
+from topology.launcher import free_port
 
 
 class FakeClock:
@@ -138,3 +139,11 @@ async def test_uncommitted_posts_forgotten_after_timeout() -> None:
     assert posts.count("alice") == 1
     posts.clear()
     assert await posts.drained("alice", "g", timeout_s=0.01)
+
+
+def test_free_port_never_repeats() -> None:
+    # 500 draws from the kernel's ephemeral range would repeat a port a few
+    # times if each draw were independent.
+    ports = [free_port() for _ in range(500)]
+
+    assert len(set(ports)) == len(ports)

@@ -72,10 +72,23 @@ def nats_server_binary() -> str:
     return found
 
 
+# Ports `free_port` handed out in this process. The kernel may offer a port
+# again once its probe socket is closed, before the process that was meant to
+# listen on it has started.
+_HANDED_OUT: set[int] = set()
+FREE_PORT_TRIES = 100
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """Return a port free on `host` now that this process has not handed out."""
+    for _ in range(FREE_PORT_TRIES):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise OSError(f"no unused free port on {host} after {FREE_PORT_TRIES} tries")
 
 
 def resolve_ports(topology: Topology) -> Topology:
