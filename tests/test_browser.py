@@ -242,3 +242,26 @@ async def test_page_keeps_order_through_rate_limit(
         await carol.locator("#compose-error").text_content() or ""
     )
     assert errors == []
+
+
+async def test_page_shows_peer_presence(mesh: Mesh, browser: Browser) -> None:
+    errors: list[str] = []
+    erin = await open_page(browser, region_http_url(mesh, "eu-west"), errors)
+    bob = await open_page(browser, region_http_url(mesh, "us-east"), errors)
+    await sign_in(erin, "erin")
+    await sign_in(bob, "bob")
+    peer = erin.locator('#presence li[data-user="bob"]')
+
+    # The first message makes bob a contact, whose presence erin may watch.
+    await send(erin, "bob", unique("hello"))
+    await expect(peer).to_have_attribute("data-online", "true", timeout=TIMEOUT_MS)
+    assert await peer.get_attribute("title") == "online in us-east"
+
+    await bob.context.close()
+    await expect(peer).to_have_attribute("data-online", "false", timeout=TIMEOUT_MS)
+    assert (await peer.get_attribute("title") or "").startswith("offline, last seen")
+
+    bob = await open_page(browser, region_http_url(mesh, "us-east"), errors)
+    await sign_in(bob, "bob")
+    await expect(peer).to_have_attribute("data-online", "true", timeout=TIMEOUT_MS)
+    assert errors == []

@@ -88,6 +88,11 @@ const state = {
   pendingSends: new Map(),
   // The id of the send waiting for its `accepted`, or null.
   inFlight: null,
+  // user -> {online, region, last_seen_ms}, from presence events.
+  presence: new Map(),
+  // Users whose presence the current connection subscribed to.
+  watched: new Set(),
+  presenceRequests: 0,
   selected: null,
 };
 
@@ -176,6 +181,8 @@ function resetSession() {
     conversations: new Map(),
     pendingSends: new Map(),
     inFlight: null,
+    presence: new Map(),
+    watched: new Set(),
     selected: null,
   });
 }
@@ -356,6 +363,8 @@ async function onOpened(socket, hello) {
   state.unavailableSends = 0;
   state.syncFailures = 0;
   state.inFlight = null;
+  // Subscriptions belong to a connection: make them again on this one.
+  state.watched = new Set();
   state.edgeInRegion[region] = socket.candidate.url;
   const nearest = nearestRegion();
   if (region === nearest) {
@@ -587,6 +596,9 @@ function handleEvent(socket, event) {
     case "pong":
       onPong();
       break;
+    case "presence":
+      onPresence(event.users);
+      break;
     case "error":
       onError(socket, event);
       break;
@@ -603,10 +615,14 @@ function addMessage(message) {
     // event, not as a commit.
     settleSend(message.client_msg_id);
   }
-  if (!state.conversations.has(conversation)) {
+  const isNew = !state.conversations.has(conversation);
+  if (isNew) {
     state.conversations.set(conversation, new Map());
   }
   state.conversations.get(conversation).set(message.seq, message);
+  if (isNew) {
+    watchPresence();
+  }
   if (state.selected === null) {
     selectConversation(conversation);
   }
@@ -658,12 +674,42 @@ function onSynced(cursors) {
     state.cursors[conversation] = Math.max(state.cursors[conversation] || 0, synced);
     advanceCursor(conversation);
   }
+  watchPresence();
+  render();
+}
+
+// Subscribe to the presence of conversation peers not watched yet. Only
+// contacts may be watched, and a conversation in the list has at least one
+// message, so every peer in it is a contact.
+function watchPresence() {
+  const users = conversationPeers().filter((user) => !state.watched.has(user));
+  if (users.length === 0) {
+    return;
+  }
+  state.presenceRequests += 1;
+  const id = `presence-${state.presenceRequests}`;
+  if (send({ type: "presence", id, users, subscribe: true })) {
+    for (const user of users) {
+      state.watched.add(user);
+    }
+  }
+}
+
+function onPresence(users) {
+  for (const entry of users) {
+    state.presence.set(entry.user, entry);
+  }
   render();
 }
 
 function onError(socket, event) {
   if (event.ref === "sync") {
     retrySync();
+  }
+  if (event.ref && event.ref.startsWith("presence-")) {
+    // The list shows these users as unknown; nothing to tell the user.
+    console.warn(`presence request failed: ${event.code}: ${event.message}`);
+    return;
   }
   // Rate limits on bytes and some unavailable errors name no frame: they
   // are about the send in flight, if any.
@@ -791,7 +837,12 @@ function selectConversation(conversation) {
 function render() {
   renderConversations();
   renderMessages();
-  renderPresence(conversationPeers().map((user) => ({ user, online: null })));
+  renderPresence(
+    conversationPeers().map((user) => {
+      const known = state.presence.get(user);
+      return known ? { ...known } : { user, online: null };
+    }),
+  );
 }
 
 function lastTimestamp(conversation) {
@@ -871,21 +922,33 @@ function conversationPeers() {
   return [...peers].sort();
 }
 
-// Presence hook: draws the "People" list from entries {user, online}, where
-// online is true, false or null (unknown). Until the page receives presence
-// from the edge, `render` passes the conversation peers with online = null.
+// Draws the "People" list from entries {user, online, region,
+// last_seen_ms}, where online is true, false or null (not known yet).
 function renderPresence(entries) {
   $("presence").replaceChildren(
-    ...entries.map(({ user, online }) => {
+    ...entries.map(({ user, online, region, last_seen_ms: lastSeenMs }) => {
       const item = document.createElement("li");
       item.dataset.user = user;
       item.dataset.online = online === null ? "unknown" : String(online);
       item.textContent = user;
-      item.title = online === null ? "presence unknown" : online ? "online" : "offline";
+      item.title = presenceTitle(online, region, lastSeenMs);
       item.onclick = () => selectConversation(directConversation(state.user, user));
       return item;
     }),
   );
+}
+
+function presenceTitle(online, region, lastSeenMs) {
+  if (online === null) {
+    return "presence not known yet";
+  }
+  if (online) {
+    return region ? `online in ${region}` : "online";
+  }
+  if (lastSeenMs) {
+    return `offline, last seen ${new Date(lastSeenMs).toLocaleString()}`;
+  }
+  return "offline";
 }
 
 // ---- start-up --------------------------------------------------------------
