@@ -200,11 +200,15 @@ def cut(region: str, mode: str, for_s: float | None, run_dir: Path) -> None:
 @click.argument("region", required=False)
 @run_dir_option
 def heal(region: str | None, run_dir: Path) -> None:
-    """Heal REGION's link to the hub, or every link."""
+    """Reconnect REGION's cut link to the hub, or restore every link.
+
+    Without REGION, added latency goes too; with it, only the cut ends
+    (`chaos latency REGION 0` removes latency).
+    """
     control = Chaos(run_dir)
     if region is None:
         _run(control.heal_all())
-        click.echo("healed every link")
+        click.echo("healed every link and removed added latency")
     else:
         _run(control.heal(region))
         click.echo(f"healed {region}")

@@ -35,7 +35,12 @@ async def run_chat(url: str, token: str, as_json: bool) -> int:
         as_json,
     )
     printer = asyncio.create_task(_print_events(client, as_json))
-    await client.sync()
+    try:
+        await client.sync()
+    except (ChatError, TimeoutError) as exc:
+        # Live messages still arrive; the history shows up on a later sync.
+        message = str(exc) or "the edge did not reply in time"
+        _emit({"type": "error", "code": "sync_failed", "message": message}, as_json)
     await _read_stdin(client, as_json)
     # Give the last commits a moment to arrive before closing.
     await asyncio.sleep(QUIT_TIMEOUT_S)

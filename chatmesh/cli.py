@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from chatmesh.options import run_dir_option, store_option, topology_option
 from chatmesh.paths import region_url
 from chatmesh.topology_cli import topology
 from core.logs import configure_logging
+from core.schema import USER_PATTERN
 from core.tokens import DEFAULT_TTL_S, KeyStore, KeyStoreError, mint_token
 from topology.credentials import CORE_INBOX_PREFIX, CORE_USER, client_auth
 from topology.launcher import Mesh, RunLayout
@@ -35,7 +37,8 @@ from topology.processes import ProcessFailed
     "--log-level",
     default="INFO",
     show_default=True,
-    help="DEBUG, INFO, WARNING or ERROR.",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="How much the processes log.",
 )
 def main(log_level: str) -> None:
     """Run and use a chatmesh mesh."""
@@ -64,7 +67,9 @@ async def _run_mesh(topology: Topology, run_dir: Path) -> None:
     mesh = Mesh(topology, run_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: the children run in sessions of their own, so closing the
+    # terminal would otherwise leave them running.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     supervisor: asyncio.Task[None] | None = None
     try:
@@ -89,8 +94,12 @@ def _print_endpoints(mesh: Mesh, run_dir: Path) -> None:
     for region, info in endpoints["regions"].items():
         for edge, url in info["edges"].items():
             click.echo(f"  {region}: edge {edge} at {url} (leaf {info['leaf']})")
+            page = url.replace("ws://", "http://", 1).removesuffix("/v1/ws") + "/"
+            click.echo(f"  {region}: web page at {page}")
+    users = ", ".join(mesh.topology.dev_users) or "none (set dev_users)"
+    click.echo(f"Development users: {users}")
     click.echo(
-        "Chat with: chatmesh chat --user alice --region "
+        f"Chat with: {sys.argv[0]} chat --user alice --region "
         + mesh.topology.regions[0].name
     )
     click.echo("Stop with Ctrl-C.")
@@ -114,6 +123,12 @@ def token(user: str, run_dir: Path, ttl_s: int) -> None:
 
 def _mint(run_dir: Path, user: str, ttl_s: int = DEFAULT_TTL_S) -> str:
     """Sign a token for `user`, with the mesh's name in run_dir as the audience."""
+    if re.fullmatch(USER_PATTERN, user) is None:
+        raise click.BadParameter(
+            f"invalid user name {user!r}: use 1 to 64 lowercase letters, digits, "
+            "'_' or '-', starting with a letter or digit",
+            param_hint="USER",
+        )
     layout = RunLayout(run_dir)
     try:
         topology = parse_topology(
@@ -179,8 +194,8 @@ def chat(user: str, region: str, run_dir: Path) -> None:
 
     try:
         url = region_url(run_dir, region)
-    except (FileNotFoundError, KeyError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (FileNotFoundError, LookupError) as exc:
+        raise click.ClickException(exc.args[0] if exc.args else str(exc)) from exc
     token_text = _mint(run_dir, user)
     sys.exit(asyncio.run(run_chat(url, token_text, as_json=not sys.stdout.isatty())))
 

@@ -30,6 +30,8 @@ def region_url(run_dir: Path, region: str) -> str:
     """Return the WebSocket URL of the first edge of `region` in a running mesh."""
     regions = read_endpoints(run_dir)["regions"]
     if region not in regions:
-        raise KeyError(f"unknown region {region!r}; the mesh has: {', '.join(regions)}")
+        raise LookupError(
+            f"unknown region {region!r}; the mesh has: {', '.join(regions)}"
+        )
     edges: dict[str, str] = regions[region]["edges"]
     return next(iter(edges.values()))

@@ -69,7 +69,9 @@ async def scrape(client: httpx.AsyncClient, url: str) -> Scrape:
         response = await client.get(url, timeout=SCRAPE_TIMEOUT_S)
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        return Scrape(url, {}, error=f"{type(exc).__name__}: {exc}")
+        # Timeouts carry no text: name the failure in any case.
+        detail = str(exc) or "no answer in time"
+        return Scrape(url, {}, error=f"{type(exc).__name__}: {detail}")
     return Scrape(url, parse_samples(response.text))
 
 

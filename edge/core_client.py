@@ -88,13 +88,21 @@ class CoreClient:
         """Return whether `user` may post to `group`, cached for a few seconds.
 
         The sequencer checks membership again when it commits, so a stale
-        result here can only delay the rejection, never store a post.
+        result here can only delay the rejection, never store a post. For
+        that reason, while the core is unreachable, an expired positive
+        result still counts, so members keep posting through a cut.
         """
         key = (user, group)
         if self._members.get(key, 0.0) > time.monotonic():
             return True
         request = GroupRequest(actor=user, op="can_post", group=group)
-        reply = await self._request(subjects.SERVICE_GROUPS, request, GroupReply)
+        try:
+            reply = await self._request(subjects.SERVICE_GROUPS, request, GroupReply)
+        except Unavailable:
+            if key not in self._members:
+                raise
+            log.info("core_client.membership_from_cache", user=user, group=group)
+            return True
         if reply.allowed:
             self._members[key] = time.monotonic() + MEMBER_TTL_S
         return reply.allowed

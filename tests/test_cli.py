@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import yaml
+from click.testing import CliRunner
 
+from chatmesh.cli import main
 from tests.conftest import small_topology
 
 CHATMESH = [sys.executable, "-m", "chatmesh", "--log-level", "WARNING"]
@@ -175,3 +177,19 @@ def test_up_rejects_invalid_topology(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert b"hub.nodes" in result.stderr
     assert b"regions" in result.stderr
+
+
+def test_token_rejects_invalid_user_name(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["token", "Alice", "--run-dir", str(tmp_path)])
+
+    assert result.exit_code == 2
+    assert "invalid user name 'Alice'" in result.output
+    assert "lowercase" in result.output
+
+
+def test_unknown_log_level_rejected_without_traceback() -> None:
+    result = CliRunner().invoke(main, ["--log-level", "LOUD", "status"])
+
+    assert result.exit_code == 2
+    assert "'LOUD' is not one of" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +14,7 @@ from chatmesh.client import ChatClient, ChatError
 from core import subjects
 from core.natsconn import connect_nats
 from core.schema import CommittedEvent, ErrorEvent
+from edge.core_client import MEMBER_TTL_S
 from tests.conftest import Clients, small_topology, start_mesh
 from topology.launcher import Mesh
 from topology.render import leaf_client_url
@@ -292,3 +294,26 @@ async def test_removed_member_post_rejected_after_acceptance(clients: Clients) -
     assert code == "not_a_member"
     await asyncio.sleep(0.3)
     assert "after removal" not in texts(alice, group)
+
+
+async def test_member_posts_while_core_unreachable(
+    group_mesh: Mesh, clients: Clients
+) -> None:
+    group = new_group()
+    alice = await synced(clients, "alice", "eu-west")
+    bob = await synced(clients, "bob", "us-east")
+    await alice.group("create", group, members=["bob"])
+    await alice.send_to_group(group, "before")
+    await wait_text(bob, "before")
+    # Past the edge's membership cache time, the edge would ask the core.
+    await asyncio.sleep(MEMBER_TTL_S + 0.5)
+    core = group_mesh.processes["core-0"]
+
+    core.signal(signal.SIGSTOP)
+    try:
+        accepted = await alice.send_to_group(group, "while the core is away")
+    finally:
+        core.signal(signal.SIGCONT)
+
+    assert accepted.duplicate is False
+    await wait_text(bob, "while the core is away")

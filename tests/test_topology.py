@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import small_topology
 from topology.credentials import mesh_users
-from topology.launcher import nats_server_binary, resolve_ports
+from topology.launcher import Mesh, nats_server_binary, resolve_ports
 from topology.model import (
     TopologyError,
     default_topology_path,
     load_topology,
     parse_topology,
 )
+from topology.processes import ProcessFailed
 from topology.render import hub_node_config, leaf_config, write_config
 
 
@@ -312,3 +316,18 @@ def test_invalid_failover_order_rejected(order: list[str], message: str) -> None
     raw["regions"][0]["failover_order"] = order
     with pytest.raises(TopologyError, match=message):
         parse_topology(raw)
+
+
+def test_mesh_refuses_port_in_use(tmp_path: Path) -> None:
+    mesh = Mesh(small_topology(), tmp_path / "mesh")
+    edge = mesh.topology.regions[1].edges[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind((edge.host, edge.port))
+        holder.listen()
+
+        with pytest.raises(ProcessFailed) as failed:
+            asyncio.run(mesh.start())
+
+    assert f"{edge.host}:{edge.port} is already in use" in str(failed.value)
+    assert "edge-us-east-1 cannot start" in str(failed.value)
+    assert not any(proc.running() for proc in mesh.processes.values())

@@ -213,9 +213,12 @@ class Chaos:
         return await self._control("POST", f"/links/{region}/heal")
 
     async def heal_all(self) -> None:
+        """Reconnect every cut link and remove every added latency."""
         for link in await self.links():
             if link["mode"] != "up":
                 await self.heal(link["region"])
+            if link["latency_ms"] or link.get("jitter_ms"):
+                await self.latency(link["region"], 0.0)
 
     async def latency(
         self, region: str, latency_ms: float, jitter_ms: float = 0.0

@@ -37,6 +37,7 @@ from topology.credentials import (
 from topology.model import Edge, Region, Topology
 from topology.processes import (
     ManagedProcess,
+    ProcessFailed,
     Supervised,
     process_start_ticks,
 )
@@ -89,6 +90,17 @@ def free_port(host: str = "127.0.0.1") -> int:
             _HANDED_OUT.add(port)
             return port
     raise OSError(f"no unused free port on {host} after {FREE_PORT_TRIES} tries")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Return whether a listening socket could bind `host:port` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def resolve_ports(topology: Topology) -> Topology:
@@ -363,6 +375,8 @@ class Mesh:
         log.info(
             "mesh.starting", topology=self.topology.name, run_dir=str(self.layout.root)
         )
+        for name in self.processes:
+            self._check_ports_free(name)
         if self._cql_specs:
             nodes = await asyncio.to_thread(start_cluster, self._cql_specs)
             self.cql_nodes = {node.spec.name: node for node in nodes}
@@ -486,6 +500,8 @@ class Mesh:
     async def _start_again(self, name: str) -> None:
         proc = self.supervised()[name]
         log.info("mesh.process_restarting", process=name)
+        if name in self.processes:
+            self._check_ports_free(name)
         if self.roles[name].kind == "store":
             # Finding Java runs `java -version`: keep it off the event loop.
             await asyncio.to_thread(proc.start)
@@ -494,6 +510,46 @@ class Mesh:
         self.record_processes()
         await proc.wait_healthy(self._ready_timeout(name))
         log.info("mesh.process_restarted", process=name)
+
+    def listen_ports(self, name: str) -> list[tuple[str, int]]:
+        """Return the (host, port) pairs that the process `name` listens on."""
+        topo = self.topology
+        role = self.roles[name]
+        if role.kind == "hub":
+            node = next(n for n in topo.hub.nodes if n.name == name)
+            ports = [node.client_port, node.leaf_port, node.monitor_port]
+            if len(topo.hub.nodes) > 1:
+                ports.append(node.cluster_port)
+            return [(node.host, port) for port in ports]
+        if role.kind == "leaf":
+            leaf = topo.get_region(role.region or "").leaf
+            return [(leaf.host, leaf.client_port), (leaf.host, leaf.monitor_port)]
+        if role.kind == "links":
+            links = topo.links
+            hops = [p for r in topo.regions for p in r.leaf.hub_link_ports]
+            return [(links.host, port) for port in [links.control_port, *hops]]
+        if role.kind == "core":
+            return [(topo.core.host, topo.core.metrics_port)]
+        if role.kind == "edge":
+            region = topo.get_region(role.region or "")
+            edge = next(e for e in region.edges if f"edge-{e.name}" == name)
+            return [(edge.host, edge.port)]
+        return []
+
+    def _check_ports_free(self, name: str) -> None:
+        """Raise `ProcessFailed` if another program listens on a port of `name`.
+
+        A health check cannot tell this mesh's server from another one on
+        the same port, such as a process left over from an earlier run.
+        """
+        for host, port in self.listen_ports(name):
+            if port and not port_is_free(host, port):
+                raise ProcessFailed(
+                    f"{name} cannot start: {host}:{port} is already in use. "
+                    "Another mesh, or a process left from an earlier run, may "
+                    "hold it: stop it (`ss -ltnp` names it), or give this mesh "
+                    "other ports in its topology file"
+                )
 
     def _ready_timeout(self, name: str) -> float:
         if self.roles[name].kind == "store":

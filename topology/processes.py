@@ -23,6 +23,9 @@ log = structlog.get_logger(__name__)
 HealthCheck = Callable[[], Awaitable[bool]]
 STOP_GRACE_S = 10.0
 POLL_INTERVAL_S = 0.05
+# One health check that takes longer counts as failed; a probe that keeps
+# reconnecting to a server must not hold up the start deadline.
+HEALTH_CHECK_TIMEOUT_S = 5.0
 
 
 class ProcessFailed(RuntimeError):
@@ -102,7 +105,9 @@ class ManagedProcess:
                     f"{self.name} exited early; see {self.log_path}\n{self.tail()}"
                 )
             try:
-                if await self._health():
+                async with asyncio.timeout(HEALTH_CHECK_TIMEOUT_S):
+                    healthy = await self._health()
+                if healthy:
                     log.info("process.healthy", process=self.name)
                     return
             except Exception as exc:
@@ -116,7 +121,10 @@ class ManagedProcess:
     async def check_health(self) -> bool:
         """Run the health check once; False if it fails or raises."""
         try:
-            return self.running() and await self._health()
+            if not self.running():
+                return False
+            async with asyncio.timeout(HEALTH_CHECK_TIMEOUT_S):
+                return await self._health()
         except Exception as exc:
             log.debug("process.health_pending", process=self.name, error=repr(exc))
             return False

@@ -44,6 +44,46 @@ const CLOSE_SERVICE_RESTART = 1012;
 // Sent by the page when it gives up on a connection.
 const CLOSE_GOING_AWAY = 4000;
 
+// What belongs to one sign-in; `resetSession` puts it back to this.
+function sessionState() {
+  return {
+    // Regions nearest first, each {name, edges: [{name, url, health_url}]}.
+    regions: [],
+    // True while the page could not read the regions and uses its own edge.
+    regionsUnknown: false,
+    // Region name -> the edge URL that last served this user there.
+    edgeInRegion: {},
+    // The region of the open session, once its hello arrived.
+    region: null,
+    // Connection attempts not yet tried, each {region, url}.
+    plan: [],
+    attempt: 0,
+    // Moves back to the nearest region that ended somewhere else, in a row.
+    failedFailbacks: 0,
+    failingBack: false,
+    unavailableSends: 0,
+    syncFailures: 0,
+    // Why each connection was lost: {from, to, reason}, newest last.
+    moves: [],
+    syncing: false,
+    // conversation id -> highest seq such that the page has 1..seq (or
+    // everything the server let it read up to seq)
+    cursors: {},
+    // conversation id -> Map(seq -> message view)
+    conversations: new Map(),
+    // client message id -> {to, content, accepted}, in the order written,
+    // until the commit arrives. `accepted` is the socket that accepted it.
+    pendingSends: new Map(),
+    // The id of the send waiting for its `accepted`, or null.
+    inFlight: null,
+    // user -> {online, region, last_seen_ms}, from presence events.
+    presence: new Map(),
+    // Users whose presence the current connection subscribed to.
+    watched: new Set(),
+    selected: null,
+  };
+}
+
 const state = {
   user: null,
   token: null,
@@ -51,18 +91,7 @@ const state = {
   // Counts sign-ins, so work started for an earlier one stops.
   generation: 0,
   socket: null,
-  // Regions nearest first, each {name, edges: [{name, url, health_url}]}.
-  regions: [],
-  // True while the page could not read the regions and uses its own edge.
-  regionsUnknown: false,
-  // Region name -> the edge URL that last served this user there.
-  edgeInRegion: {},
-  // The region of the open session, once its hello arrived.
-  region: null,
   onlineSince: 0,
-  // Connection attempts not yet tried, each {region, url}.
-  plan: [],
-  attempt: 0,
   connectTimer: null,
   pingTimer: null,
   pongTimer: null,
@@ -70,30 +99,8 @@ const state = {
   syncTimer: null,
   sendTimer: null,
   healthyProbes: 0,
-  // Moves back to the nearest region that ended somewhere else, in a row.
-  failedFailbacks: 0,
-  failingBack: false,
-  unavailableSends: 0,
-  syncFailures: 0,
-  // Why each connection was lost: {from, to, reason}, newest last.
-  moves: [],
-  syncing: false,
-  // conversation id -> highest seq such that the page has 1..seq (or
-  // everything the server let it read up to seq)
-  cursors: {},
-  // conversation id -> Map(seq -> message view)
-  conversations: new Map(),
-  // client message id -> {to, content, accepted}, in the order written,
-  // until the commit arrives. `accepted` is the socket that accepted it.
-  pendingSends: new Map(),
-  // The id of the send waiting for its `accepted`, or null.
-  inFlight: null,
-  // user -> {online, region, last_seen_ms}, from presence events.
-  presence: new Map(),
-  // Users whose presence the current connection subscribed to.
-  watched: new Set(),
   presenceRequests: 0,
-  selected: null,
+  ...sessionState(),
 };
 
 const $ = (id) => document.getElementById(id);
@@ -164,27 +171,7 @@ function resetSession() {
   if (state.socket) {
     abandon(state.socket, "signed out");
   }
-  Object.assign(state, {
-    regions: [],
-    regionsUnknown: false,
-    edgeInRegion: {},
-    region: null,
-    plan: [],
-    attempt: 0,
-    failedFailbacks: 0,
-    failingBack: false,
-    unavailableSends: 0,
-    syncFailures: 0,
-    moves: [],
-    syncing: false,
-    cursors: {},
-    conversations: new Map(),
-    pendingSends: new Map(),
-    inFlight: null,
-    presence: new Map(),
-    watched: new Set(),
-    selected: null,
-  });
+  Object.assign(state, sessionState());
 }
 
 // ---- regions ---------------------------------------------------------------
@@ -748,6 +735,10 @@ function newClientId() {
 
 function sendMessage(to, content) {
   $("compose-error").textContent = "";
+  if (to === state.user) {
+    $("compose-error").textContent = "You cannot send a message to yourself.";
+    return;
+  }
   const id = newClientId();
   state.pendingSends.set(id, { to, content, accepted: null });
   pumpSends();
@@ -786,6 +777,8 @@ function retrySend(delayMs) {
 
 function onAccepted(socket, event) {
   state.unavailableSends = 0;
+  // A retry went through: the last error no longer applies.
+  $("compose-error").textContent = "";
   const pending = state.pendingSends.get(event.id);
   if (pending) {
     pending.accepted = socket;
