@@ -27,6 +27,7 @@ from topology.model import (
     default_topology_path,
     load_topology,
 )
+from topology.processes import process_start_ticks
 
 if TYPE_CHECKING:
     from chatmesh.chaos.scenarios import Scenario
@@ -100,7 +101,11 @@ def list_targets(run_dir: Path) -> None:
     control = Chaos(run_dir)
     for target in _call(control.targets):
         where = f" in {target.region}" if target.region else ""
-        click.echo(f"{target.name:<24} {target.kind}{where}, pid {target.pid}")
+        alive = target.pid is not None and (
+            process_start_ticks(target.pid) == target.start_ticks
+        )
+        state = f"pid {target.pid}" if alive else "not running"
+        click.echo(f"{target.name:<24} {target.kind}{where}, {state}")
     if _call(control.topology).links.proxy:
         for link in _run(control.links()):
             click.echo(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import click
@@ -25,16 +26,21 @@ from topology.processes import ProcessFailed
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def status(run_dir: Path, interval_s: float, as_json: bool) -> None:
-    """Show regions, edges, connections, lag and error rates of a running mesh."""
+    """Show regions, edges, connections, lag and error rates of a running mesh.
+
+    Exits with status 1 when an edge or a core worker does not answer.
+    """
     import json
 
-    from chatmesh.status import collect_status, format_status
+    from chatmesh.status import all_up, collect_status, format_status
 
     try:
         report = asyncio.run(collect_status(run_dir, interval_s))
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
+    if not all_up(report):
+        sys.exit(1)
 
 
 @click.command()

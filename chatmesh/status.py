@@ -52,6 +52,12 @@ async def collect_status(run_dir: Path, interval_s: float) -> dict[str, Any]:
     }
 
 
+def all_up(status: dict[str, Any]) -> bool:
+    """Return whether every edge and core worker of a status report is up."""
+    processes = [e for r in status["regions"] for e in r["edges"]] + status["cores"]
+    return all(process["up"] for process in processes)
+
+
 def _rate(before: Scrape, after: Scrape, name: str, interval_s: float) -> float:
     return round((after.total(name) - before.total(name)) / interval_s, 1)
 

@@ -7,19 +7,23 @@ and must lose, duplicate and reorder nothing.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from chatmesh.chaos.report import ScenarioReport
 from chatmesh.chaos.runner import run_scenario, wait_mesh_healthy
 from chatmesh.chaos.scenarios import SHORT, Scenario, supported_scenarios
-from tests.conftest import start_mesh
+from tests.conftest import small_topology, start_mesh
 from topology.chaos import Chaos
-from topology.launcher import Mesh
+from topology.launcher import Mesh, RunLayout
 from topology.model import default_topology_path, load_topology
+from topology.processes import process_start_ticks
 
 pytestmark = pytest.mark.chaos
 
@@ -94,8 +98,8 @@ def test_chaos_commands_on_running_mesh(chaos_mesh: Mesh) -> None:
         "us-east": ("up", 20.0),
     }
 
+    # `heal` without a region restores every link, latency included.
     assert chaos_command(chaos_mesh, "heal").returncode == 0
-    assert chaos_command(chaos_mesh, "latency", "us-east", "0").returncode == 0
     assert link_modes(chaos_mesh) == {"eu-west": ("up", 0.0), "us-east": ("up", 0.0)}
 
     paused = chaos_command(chaos_mesh, "pause", "--region", "us-east", "--for", "0.5")
@@ -108,3 +112,32 @@ def test_chaos_commands_on_running_mesh(chaos_mesh: Mesh) -> None:
     unknown = chaos_command(chaos_mesh, "kill", "edge-mars-1")
     assert unknown.returncode != 0
     assert "unknown process edge-mars-1" in unknown.stderr
+
+
+def test_chaos_list_marks_dead_processes(tmp_path: Path) -> None:
+    layout = RunLayout(tmp_path)
+    layout.topology.write_text(small_topology().model_dump_json())
+    me = os.getpid()
+    entries = {
+        "edge-eu-west-1": {"pid": me, "start_ticks": process_start_ticks(me)},
+        # The same pid with another start time: a process that exited and
+        # whose pid the kernel gave to someone else.
+        "edge-us-east-1": {"pid": me, "start_ticks": -1},
+    }
+    processes = {
+        name: {"kind": "edge", "region": name[5:12], **entry}
+        for name, entry in entries.items()
+    }
+    layout.processes.write_text(json.dumps({"processes": processes}))
+
+    listed = subprocess.run(
+        [*CHATMESH, "chaos", "list", "--run-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split()[0]: line for line in listed.stdout.splitlines()}
+    assert lines["edge-eu-west-1"].endswith(f"pid {me}")
+    assert lines["edge-us-east-1"].endswith("not running")

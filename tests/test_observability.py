@@ -155,3 +155,20 @@ async def test_bench_presence_one_report_per_edge(
     # The test topology reports every 0.2 s; allow one report of jitter.
     for edge, rate in report["reports_per_edge_per_interval"].items():
         assert rate <= 1.2, edge
+
+
+async def test_status_exits_nonzero_when_edge_down(clients: Clients) -> None:
+    edge = clients.mesh.processes["edge-us-east-1"]
+    run_dir = str(clients.mesh.layout.root)
+    edge.stop()
+    try:
+        result = await asyncio.to_thread(
+            run_cli, "status", "--run-dir", run_dir, "--interval", "0.2"
+        )
+    finally:
+        edge.start()
+        await edge.wait_healthy(30)
+
+    assert result.returncode == 1
+    assert b"us-east-1" in result.stdout
+    assert b"DOWN" in result.stdout
