@@ -28,7 +28,7 @@ from topology.processes import ProcessFailed
 def status(run_dir: Path, interval_s: float, as_json: bool) -> None:
     """Show regions, edges, connections, lag and error rates of a running mesh.
 
-    Exits with status 1 when an edge or a core worker does not answer.
+    Exits with status 1 when an edge or a core worker does not respond.
     """
     import json
 

@@ -1,7 +1,7 @@
 """NATS accounts and permissions against real nats-servers of a running mesh.
 
 An edge's credentials must not read another region's deliveries or act as
-the core; every password stays in its 0600 file and out of logs and argv.
+the core. Every password stays in its 0600 file and out of logs and argv.
 """
 
 from __future__ import annotations

@@ -174,6 +174,7 @@ def _committed(ref: str) -> Callable[[object], bool]:
 async def run_phase(
     mesh: Mesh, args: argparse.Namespace, limits: str, flood: bool
 ) -> PhaseResult:
+    """Measure the polite clients' latency for one phase, with or without a flood."""
     keys = KeyStore(mesh.layout.token_private_keys, mesh.layout.token_public_keys)
     key = keys.signing_key()
     url = mesh.edge_url(EDGE)
@@ -184,6 +185,7 @@ async def run_phase(
     for client in clients:
         await client.connect()
         await client.sync()
+
     stop = asyncio.Event()
     flooder = Flood(
         url, mint_token(key, FLOODER, mesh.topology.name), args.flood_max_frames
@@ -195,6 +197,7 @@ async def run_phase(
         for c in clients
     ]
     await asyncio.sleep(args.seconds)
+
     stop.set()
     results = await asyncio.gather(*tasks)
     flood_stored = _stored_by(mesh, FLOODER)
@@ -204,6 +207,7 @@ async def run_phase(
             await flood_task
     for client in clients:
         await client.close()
+
     accepted = [ms for pair in results for ms in pair[0]]
     committed = [ms for pair in results for ms in pair[1]]
     return PhaseResult(

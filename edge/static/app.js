@@ -44,7 +44,7 @@ const CLOSE_SERVICE_RESTART = 1012;
 // Sent by the page when it gives up on a connection.
 const CLOSE_GOING_AWAY = 4000;
 
-// What belongs to one sign-in; `resetSession` puts it back to this.
+// Returns the state of a fresh sign-in, which `resetSession` restores.
 function sessionState() {
   return {
     // Regions nearest first, each {name, edges: [{name, url, health_url}]}.
